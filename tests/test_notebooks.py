@@ -1,0 +1,15 @@
+"Every notebook in nbs/ runs as a test (nbdev's own runner: `#| slow` and `#| cuda` cells are skipped)."
+from pathlib import Path
+import pytest
+from nbdev.test import test_nb
+from nbdev.config import get_config
+
+NBS = Path(__file__).resolve().parent.parent/"nbs"
+NOTEBOOKS = sorted(p for p in NBS.rglob("*.ipynb") if not any(part.startswith(("_", ".")) for part in p.relative_to(NBS).parts))
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: str(p.relative_to(NBS)))
+def test_notebook(nb, monkeypatch):
+    monkeypatch.chdir(nb.parent)  # nbdev_test runs each notebook from its own folder
+    skip = get_config(path=NBS.parent).tst_flags.split()  # "slow cuda": what a default nbdev_test skips
+    ok, secs = test_nb(nb, skip_flags=skip, force_flags=[], basepath=NBS.parent)
+    assert ok, f"{nb.name} failed (see the traceback above)"
