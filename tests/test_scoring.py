@@ -1,0 +1,101 @@
+"Scoring engine: crash/resume, cache keys, bad input through the public API."
+import os, signal, subprocess, sys, time, textwrap
+from pathlib import Path
+import numpy as np, pytest
+from smallsel_nb.core import SmallselError
+from smallsel_nb.synth import make_noisy_instructions
+from smallsel_nb.models import make_lm
+from smallsel_nb.scoring import score, score_per_row, cli_score
+from smallsel_nb.data import tokenize_for_scoring
+
+SCRIPT = textwrap.dedent("""
+    import sys, torch; torch.set_num_threads(1)
+    from smallsel_nb.synth import make_noisy_instructions
+    from smallsel_nb.models import make_lm
+    from smallsel_nb.scoring import score
+    rows = make_noisy_instructions(600, seed=3)
+    score(rows, make_lm("tiny", seed=0), cache_dir=sys.argv[1], shard_rows=25, batch_tokens=2048)
+""")
+
+def _shards(cache):
+    return sorted(p for p in Path(cache).rglob("shard-*.parquet"))
+
+def test_sigkill_resume(tmp_path):
+    "Kill scoring mid-run with SIGKILL; the rerun equals an uninterrupted run and keeps the finished shards."
+    cache = tmp_path/"cache"
+    p = subprocess.Popen([sys.executable, "-c", SCRIPT, str(cache)], env={**os.environ, "SMALLSEL_PROGRESS": "0"})
+    deadline = time.time() + 240
+    while len(_shards(cache)) < 3 and time.time() < deadline and p.poll() is None: time.sleep(0.02)
+    p.send_signal(signal.SIGKILL); p.wait()
+    done = {q.name: q.stat().st_mtime_ns for q in _shards(cache)}
+    assert 3 <= len(done) < 24, f"expected a partial run, found {len(done)} of 24 shards"
+    rows = make_noisy_instructions(600, seed=3)
+    model = make_lm("tiny", seed=0)
+    resumed = score(rows, model, cache_dir=cache, shard_rows=25, batch_tokens=2048)
+    after = {q.name: q.stat().st_mtime_ns for q in _shards(cache)}
+    assert len(after) == 24
+    assert all(after[k] == v for k, v in done.items()), "finished shards were recomputed"
+    fresh = score(rows, model, cache_dir=False, shard_rows=25, batch_tokens=2048)
+    for c in ("cond_loss", "uncond_loss", "ifd"):
+        np.testing.assert_allclose(np.array(resumed[c], float), np.array(fresh[c], float), rtol=1e-6)
+
+def test_engine_matches_reference_on_benchmark():
+    "On the noisy benchmark (many lengths and kinds), the engine equals the per-row loop within 1e-4 (fp32)."
+    rows = make_noisy_instructions(80, seed=1)
+    m, tk = make_lm("tiny-llama", seed=2)
+    got = score(rows, (m, tk), cache_dir=False, batch_tokens=1024)
+    ref = score_per_row(tokenize_for_scoring(rows, tk, verbose=False), m)
+    np.testing.assert_allclose(np.array(got["cond_loss"], float), ref["cond_loss"], atol=1e-4)
+    np.testing.assert_allclose(np.array(got["uncond_loss"], float), ref["uncond_loss"], atol=1e-4)
+
+def test_cache_key_changes_with_weights(tmp_path):
+    "Different weights (another seed) must not read the first model's cache."
+    rows = make_noisy_instructions(20, seed=0)
+    a = score(rows, make_lm("tiny", seed=0), cache_dir=tmp_path)
+    b = score(rows, make_lm("tiny", seed=1), cache_dir=tmp_path)
+    assert len(list(tmp_path.iterdir())) == 2
+    assert not np.allclose(np.array(a["cond_loss"]), np.array(b["cond_loss"]))
+
+def test_score_error_rows_are_nan_not_zero(tmp_path):
+    "A bad row kept by errors='report' gets NaN scores and its reason, keeps its place, and is never scored 0."
+    import json
+    from smallsel_nb.data import load_rows
+    f = tmp_path/"pairs.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in [{"instruction": "Say hi.", "output": "hi there"},
+                                                     {"instruction": "Say nothing.", "output": ""},
+                                                     {"instruction": "Count to 3.", "output": "1 2 3"}]))
+    rows = load_rows(str(f), errors="report")
+    res = score(rows, make_lm("tiny", seed=0), cache_dir=False)
+    cond, unc = np.array(res["cond_loss"], float), np.array(res["uncond_loss"], float)
+    assert np.isfinite(cond[[0, 2]]).all() and np.isfinite(unc[[0, 2]]).all()
+    assert np.isnan(cond[1]) and np.isnan(unc[1]) and np.isnan(res["ifd"][1])
+    assert res["score_error"][0] is None and "output" in res["score_error"][1]
+    assert list(res["id"]) == list(rows["id"])
+
+def test_cli_score_rejects_bad_out(tmp_path):
+    with pytest.raises(SmallselError, match=".parquet or .jsonl"):
+        cli_score("x.jsonl", model="tiny", out=str(tmp_path/"s.txt"))
+
+def test_unknown_model_name():
+    rows = make_noisy_instructions(5, seed=0)
+    with pytest.raises(SmallselError):
+        score(rows, "no-such-model-alias", cache_dir=False)
+
+def test_oom_halves_the_batch_and_warns_once(monkeypatch):
+    "An out-of-memory error on a batch splits it and retries; scores are unchanged and one warning is given."
+    import warnings
+    import smallsel_nb.scoring as S
+    rows = make_noisy_instructions(40, seed=5)
+    model = make_lm("tiny", seed=0)
+    want = score(rows, model, cache_dir=False, batch_tokens=4096)
+    real = S.forward_nll
+    def flaky(model, seqs, *a, **k):
+        if len(seqs) > 3: raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, seqs, *a, **k)
+    monkeypatch.setattr(S, "forward_nll", flaky)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        got = score(rows, model, cache_dir=False, batch_tokens=4096)
+    oom = [x for x in w if "out of memory" in str(x.message)]
+    assert len(oom) == 1
+    np.testing.assert_allclose(np.array(got["cond_loss"], float), np.array(want["cond_loss"], float), rtol=1e-5)
