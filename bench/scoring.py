@@ -1,0 +1,105 @@
+"""Scoring benchmark: the engine vs a per-row loop shaped like the public IFD scripts, in the same run.
+
+CPU (default):  python bench/scoring.py --rows 300 --model smollm2-135m        (real model, real ShareGPT pairs)
+                python bench/scoring.py --rows 300 --model tiny --data synth   (tiny from-scratch model)
+GPU:            python bench/scoring.py --gpu                                  (GPT-2-124M and a ~1B Llama, random init)
+
+Prints rows/s, tokens/s, the speed ratio, and the Spearman correlation of `ifd` between the two implementations.
+Timings on shared machines are noisy: only ratios measured in one run are meaningful.
+"""
+import argparse, os, time
+import numpy as np, torch
+from scipy.stats import spearmanr
+from datasets import Dataset
+from smallsel_nb.core import matmul_params, cpu_has_bf16
+from smallsel_nb.data import load_sharegpt, tokenize_for_scoring
+from smallsel_nb.models import load_lm
+from smallsel_nb.scoring import score_per_row, score_tokenized
+from smallsel_nb.synth import make_noisy_instructions
+
+def real_pairs(n, max_chars=(400, 800)):
+    "The first `n` short first-turn ShareGPT pairs (the 'short real Q/A pairs' of the issue)."
+    rows = load_sharegpt(turns="first", limit=20 * n, verbose=False)
+    keep = [i for i, (q, a) in enumerate(zip(rows["instruction"], rows["output"])) if len(q) < max_chars[0] and len(a) < max_chars[1]]
+    return rows.select(keep[:n])
+
+def ifd(res):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = res["cond_sum"] / res["n_cond"] if "cond_sum" in res else res["cond_loss"]
+        u = res["uncond_sum"] / res["n_uncond"] if "uncond_sum" in res else res["uncond_loss"]
+    return np.exp(c - u)
+
+def timed(f):
+    t = time.perf_counter(); r = f(); return r, time.perf_counter() - t
+
+def cpu_bench(a):
+    torch.set_num_threads(a.threads)
+    rows = real_pairs(a.rows) if a.data == "sharegpt" else make_noisy_instructions(a.rows, seed=0)
+    model, tok = load_lm(a.model, dtype="float32", device="cpu")
+    t = tokenize_for_scoring(rows, tok, max_length=a.max_length, verbose=False)
+    ntok = int(sum(len(c) + len(u) for c, u in zip(t["cond_ids"], t["uncond_ids"])))
+    print(f"{a.model} on {len(rows)} {a.data} rows, {ntok / len(rows):.0f} tokens/row (cond+uncond), {a.threads} threads, "
+          f"CPU bf16 support: {cpu_has_bf16()}")
+    ref, t_ref = timed(lambda: score_per_row(t, model))
+    print(f"  per-row loop fp32          {len(t) / t_ref:7.2f} rows/s {ntok / t_ref:9.0f} tok/s  (1.00x)")
+    pad = tok.pad_token_id or 0
+    for dt in a.dtypes.split(","):
+        m = model.to(getattr(torch, dt))
+        for pc in (False, True):
+            res, t_e = timed(lambda: score_tokenized(t, m, pad, a.batch_tokens, prefix_cache=pc, desc=None))
+            rho = spearmanr(ifd(res), ifd(ref), nan_policy="omit")[0]
+            print(f"  engine {dt:9s} prefix={'on ' if pc else 'off'} {len(t) / t_e:7.2f} rows/s {ntok / t_e:9.0f} tok/s  "
+                  f"({t_ref / t_e:.2f}x)  Spearman(ifd) {rho:.4f}")
+
+def gpu_rows(n, vocab, seed=0):
+    "Random token rows with log-normal lengths (mean ~240, max 1024); a shared 32-token template header."
+    g = np.random.default_rng(seed)
+    lens = np.clip(g.lognormal(np.log(200), 0.6, n).astype(int), 16, 1024)
+    head = g.integers(0, vocab, 32).tolist()
+    cond, rs, unc = [], [], []
+    for L in lens:
+        p = max(8, int(L * 0.3)); body = g.integers(0, vocab, L).tolist()
+        c = head + body[:p] + body[p:]; c = c[:1024]
+        cond.append(c); rs.append(min(len(head) + p, len(c) - 1)); unc.append([1] + c[rs[-1]:])
+    return Dataset.from_dict(dict(cond_ids=cond, resp_start=rs, uncond_ids=unc, uncond_start=[1] * n, tok_error=[None] * n))
+
+def matmul_peak(dtype=torch.bfloat16, n=8192, reps=20):
+    a, b = torch.randn(n, n, device="cuda", dtype=dtype), torch.randn(n, n, device="cuda", dtype=dtype)
+    for _ in range(3): a @ b
+    torch.cuda.synchronize(); t = time.perf_counter()
+    for _ in range(reps): a @ b
+    torch.cuda.synchronize(); return 2 * n**3 * reps / (time.perf_counter() - t)
+
+def gpu_bench(a):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    peak = matmul_peak(); print(f"bf16 matmul peak measured: {peak / 1e12:.0f} TFLOP/s")
+    specs = {"gpt2-124m": lambda: GPT2LMHeadModel(GPT2Config(n_positions=1024, attn_implementation="sdpa")),
+             "llama-1b": lambda: LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632,
+                         num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=1024,
+                         attn_implementation="sdpa"))}
+    for name, build in specs.items():
+        model = build().to("cuda", torch.bfloat16).eval()
+        t = gpu_rows(a.gpu_rows, model.config.vocab_size)
+        ntok = int(sum(len(c) + len(u) for c, u in zip(t["cond_ids"], t["uncond_ids"])))
+        score_tokenized(t.select(range(256)), model, 0, a.batch_tokens_gpu, desc=None)  # warm-up
+        torch.cuda.synchronize()
+        res, te = timed(lambda: score_tokenized(t, model, 0, a.batch_tokens_gpu, desc=None))
+        mfu = 2 * matmul_params(model) * ntok / te / peak
+        sub = t.select(range(256)); ntok_sub = int(sum(len(c) + len(u) for c, u in zip(sub["cond_ids"], sub["uncond_ids"])))
+        m32 = model.float(); _, tr = timed(lambda: score_per_row(sub, m32)); model = m32.to(torch.bfloat16)
+        print(f"{name}: {matmul_params(model) / 1e6:.0f}M matmul params, {len(t)} rows, {ntok / len(t):.0f} tok/row | "
+              f"engine bf16 {ntok / te:,.0f} tok/s, MFU {100 * mfu:.1f}% | per-row fp32 {ntok_sub / tr:,.0f} tok/s | "
+              f"ratio {ntok / te / (ntok_sub / tr):.1f}x")
+        del model; torch.cuda.empty_cache()
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m"); p.add_argument("--rows", type=int, default=300)
+    p.add_argument("--data", default="sharegpt", choices=["sharegpt", "synth"])
+    p.add_argument("--threads", type=int, default=os.cpu_count()); p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--batch-tokens", type=int, default=4096); p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--gpu", action="store_true"); p.add_argument("--gpu-rows", type=int, default=4096)
+    p.add_argument("--batch-tokens-gpu", type=int, default=65536)
+    a = p.parse_args()
+    os.environ.setdefault("SMALLSEL_PROGRESS", "0")
+    gpu_bench(a) if a.gpu else cpu_bench(a)
