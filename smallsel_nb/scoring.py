@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 
+from fastcore.meta import delegates
 from fastcore.script import Param
 from .core import (SmallselError, cache_root, cpu_has_bf16, fingerprint, get_device, get_dtype, progress,
                               table_fingerprint)
@@ -476,22 +477,13 @@ def attach_scores(job:ScoringJob, # the prepared job
     return out
 
 # %% ../nbs/03_scoring.ipynb #7bd97e7b
+@delegates(prepare_scoring, but=["verbose"])
 def score(data, # rows: anything `data.load_rows` reads, or a `Dataset` in canonical shape
           model, # a model name/path/alias/preset (`models.load_lm`) or a (model, tokenizer) pair
-          template:str="alpaca", # prompt template: alpaca, chat or none
-          max_length:int|None=None, # longest prompt + response in tokens (None: the model's limit, at most 1024)
-          batch_tokens:int|None=None, # padded tokens per forward (default: 16384 on GPU, 4096 on CPU)
-          device:str="auto", # auto, cpu, cuda
-          dtype:str="auto", # auto (bf16 on GPU and bf16-capable CPUs, else fp32), float32, bfloat16
-          cache_dir:str|Path|bool|None=None, # shard cache root (None: `$SMALLSEL_CACHE/scores`; False: no cache)
-          per_token:bool=False, # also return per-token conditional losses (`token_losses` column)
-          system:str|None=None, # system prompt for the chat template (None: none given)
-          shard_rows:int=2048, # rows per cached shard
-          prefix_cache:bool=True, # encode shared prompt prefixes once (faster, same scores)
+          **kwargs, # settings of `prepare_scoring`: template, max_length, batch_tokens, device, dtype, cache_dir, ...
          )->Dataset: # the rows with score columns added, original order
     "Score every row with a causal LM: cond/uncond loss, perplexities, IFD; cached and resumable."
-    job = prepare_scoring(data, model, template, max_length, batch_tokens, device, dtype, cache_dir, per_token,
-                          system, shard_rows, prefix_cache)
+    job = prepare_scoring(data, model, **kwargs)
     return attach_scores(job, job.run())
 
 # %% ../nbs/03_scoring.ipynb #50e9626e
