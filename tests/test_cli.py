@@ -1,0 +1,31 @@
+"The `smallsel` command end to end, as a user runs it (subprocesses, the tiny preset)."
+import json, os, subprocess, sys
+import pandas as pd
+
+ENV = {**os.environ, "SMALLSEL_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+
+def smallsel(*args, cwd):
+    r = subprocess.run([sys.executable, "-m", "smallsel_nb.cli", *args], cwd=cwd, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+def test_help_lists_every_command(tmp_path):
+    out = smallsel("--help", cwd=tmp_path)
+    for cmd in ("synth", "convert", "models", "score", "select"): assert cmd in out
+
+def test_synth_score_select_pipeline(tmp_path):
+    smallsel("synth", "pool.jsonl", "--n", "120", cwd=tmp_path)
+    smallsel("score", "pool.jsonl", "--model", "tiny", "--out", "scores.parquet", "--cache-dir", "cache", "--max-length", "256", cwd=tmp_path)
+    scores = pd.read_parquet(tmp_path/"scores.parquet")
+    assert len(scores) == 120 and {"id", "cond_loss", "uncond_loss", "ifd", "score_error", "noise_kind"} <= set(scores.columns)
+    smallsel("select", "scores.parquet", "--keep", "0.3", "--out", "kept.jsonl", "--report", "report.json", cwd=tmp_path)
+    kept = pd.read_json(tmp_path/"kept.jsonl", lines=True)
+    assert len(kept) == 36 and set(kept["id"]) <= set(scores["id"])
+    report = json.loads((tmp_path/"report.json").read_text())
+    assert report and "steps" in json.dumps(report)
+
+def test_bad_input_exits_with_message(tmp_path):
+    (tmp_path/"bad.jsonl").write_text('{"instruction": "hi", "output": ""}\n')
+    r = subprocess.run([sys.executable, "-m", "smallsel_nb.cli", "score", "bad.jsonl", "--model", "tiny", "--out", "s.parquet"],
+                       cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 2 and "bad.jsonl" in r.stderr and "row 0" in r.stderr
