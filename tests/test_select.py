@@ -10,8 +10,9 @@ from datasets import Dataset
 from smallsel_nb.core import SmallselError
 from smallsel_nb.select import (RECIPES, SELECTORS, Band, Bottom, ClusterBalanced, Columns, Echo, Empty, ExactDedup,
                                 IFDRule, KCenter, Length, NearDedup, NonAlpha, Percentile, Pipeline, Random, Refusal,
-                                Repetition, Stratified, Threshold, Top, cli_select, even_split, k_center_greedy,
-                                minhash_signatures, near_duplicate_of, proportional_split, row_hashes)
+                                Repetition, Stratified, Threshold, Top, cli_select, default_recipe, even_split,
+                                k_center_greedy, minhash_signatures, near_duplicate_of, noise_removal, proportional_split,
+                                removal_table, row_hashes)
 
 
 def scored(n=400, seed=0):
@@ -232,6 +233,71 @@ def test_dataset_dataframe_table_agree(df):
     assert a.kept.tolist() == b.kept.tolist() == c.kept.tolist()
     shuffled = ds.shuffle(seed=0)              # a Dataset with an indices mapping
     assert pipe(shuffled).kept.tolist() == pipe(shuffled.to_pandas()).kept.tolist()
+
+
+def test_default_recipe_is_filters_then_lowest_ifd_per_task(df):
+    pipe = RECIPES["default"](keep=0.3)
+    assert [s.name for s in pipe.steps][-2:] == ["ifd>1", "stratified[task]:bottom[ifd]"]
+    sel = pipe(df)
+    before, after = sel.mix["task"]["before"], sel.mix["task"]["after"]
+    assert len(sel) == 120 and set(after) == set(before)       # every task keeps rows
+    flat = default_recipe(keep=0.3, stratify=None)(df)
+    assert flat.steps[-1]["step"] == "bottom[ifd]" and len(flat) == 120
+
+
+def test_default_recipe_without_task_column(df):
+    sel = RECIPES["default"](keep=0.3)(df.drop(columns="task"))
+    assert len(sel) == 120 and "no 'task' column, so the budget is not split" in sel.notes[-1]
+    assert sel.kept.tolist() == default_recipe(keep=0.3, stratify=None)(df.drop(columns="task")).kept.tolist()
+
+
+def test_stratify_option_replaces_default_column(df, tmp_path):
+    src = tmp_path/"scores.parquet"; df.assign(domain=df.task).drop(columns="task").to_parquet(src)
+    sel = cli_select(str(src), keep=0.3, stratify="domain")
+    assert sel.steps[-1]["step"] == "stratified[domain]:bottom[ifd]" and not sel.notes
+
+
+# --- noise removal -------------------------------------------------------------------------------------------------
+
+def test_noise_removal_counts(df):
+    sel = Top("ifd", keep_n=300)(df)
+    t = noise_removal(sel, df)
+    assert list(t.index) == ["all noise", "duplicate", "near_duplicate", "clean"]
+    drop = ~sel.mask; noisy = (df.noise_kind != "clean").to_numpy()
+    assert t.loc["all noise", "dropped"] == (drop & noisy).sum() == t.dropped[1:3].sum()
+    assert np.isclose(t.loc["all noise", "precision"], (drop & noisy).sum() / drop.sum())
+    assert np.isclose(t.loc["duplicate", "recall"], drop[10:30].mean())
+    assert np.isclose(t.precision[1:].sum(), 1)              # every dropped row is in one kind
+    assert noise_removal(sel.mask, Dataset.from_pandas(df)).equals(t)
+
+
+def test_noise_removal_missing_label_column(df):
+    with pytest.raises(SmallselError, match="noise label column 'kind' not found; available columns: id"):
+        noise_removal(np.ones(len(df), bool), df, kind="kind")
+
+
+def test_noise_removal_mask_wrong_length(df):
+    with pytest.raises(SmallselError, match=r"has shape \(3,\) but the data has 400 rows"): noise_removal(np.ones(3, bool), df)
+
+
+def test_noise_removal_mask_not_boolean(df):
+    with pytest.raises(SmallselError, match="boolean mask"): noise_removal(np.arange(len(df)), df)
+
+
+def test_noise_removal_selection_of_other_data(df):
+    with pytest.raises(SmallselError, match="selection is over 10 rows but the data has 400"): noise_removal(Random(keep_n=5)(df.iloc[:10]), df)
+
+
+def test_noise_removal_null_label(df):
+    with pytest.raises(SmallselError, match=r"no noise label in column 'noise_kind' \(row 3\)"):
+        noise_removal(np.ones(len(df), bool), df.assign(noise_kind=df.noise_kind.where(df.index != 3)))
+
+
+def test_removal_table(df):
+    t = removal_table({"random": lambda k: Random(keep=k), "ifd>1": lambda k: IFDRule()}, df.dropna(), keeps=(0.5,))
+    assert list(t.index) == [("random", 0.5), ("ifd>1", 0.5)]
+    assert t.loc[("random", 0.5), "kept"] == 199 and t.loc[("ifd>1", 0.5), "kept"] == int((df.ifd <= 1).sum())
+    assert {"precision", "recall", "recall[duplicate]", "clean kept", "worst task", "clean kept in worst task"} <= set(t.columns)
 
 
 def test_registries():
