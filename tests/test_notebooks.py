@@ -1,7 +1,7 @@
 "Every notebook in nbs/ runs as a test (nbdev's own runner: `#| slow` and `#| cuda` cells are skipped)."
 from pathlib import Path
 import pytest
-from nbdev.test import test_nb
+import nbdev.test as nbtest  # imported as a module: pytest would collect a bare `test_nb` as a test
 from nbdev.config import get_config
 
 NBS = Path(__file__).resolve().parent.parent/"nbs"
@@ -11,5 +11,5 @@ NOTEBOOKS = sorted(p for p in NBS.rglob("*.ipynb") if not any(part.startswith(("
 def test_notebook(nb, monkeypatch):
     monkeypatch.chdir(nb.parent)  # nbdev_test runs each notebook from its own folder
     skip = get_config(path=NBS.parent).tst_flags.split()  # "slow cuda": what a default nbdev_test skips
-    ok, secs = test_nb(nb, skip_flags=skip, force_flags=[], basepath=NBS.parent)
+    ok, secs = nbtest.test_nb(nb, skip_flags=skip, force_flags=[], basepath=NBS.parent)
     assert ok, f"{nb.name} failed (see the traceback above)"
