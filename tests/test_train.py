@@ -1,0 +1,144 @@
+"Training loop: resume after SIGKILL, and every bad-input / fault path (tiny preset, a few dozen steps)."
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import numpy as np
+import pytest
+import torch
+from smallsel_nb.core import SmallselError
+from smallsel_nb.models import make_lm
+from smallsel_nb.synth import make_noisy_instructions, make_eval_split
+from smallsel_nb.train import train_lm, token_rows, schedule, evaluate, cli_finetune
+
+KW = dict(max_steps=40, batch_size=8, template="none", eval_every=10, eval_start=False, checkpoint_every=2)
+
+SCRIPT = """
+import sys, torch
+torch.set_num_threads(1)
+from smallsel_nb.models import make_lm
+from smallsel_nb.synth import make_noisy_instructions, make_eval_split
+from smallsel_nb.train import train_lm
+m, t = make_lm("tiny", seed=0)
+train_lm(m, t, make_noisy_instructions(300, seed=2), make_eval_split(20, seed=2), checkpoint_dir=sys.argv[1], **%r)
+""" % KW
+
+def _step(ck):
+    try: return json.loads((ck/"state.json").read_text())["step"]
+    except (OSError, ValueError): return 0
+
+def test_sigkill_resume(tmp_path):
+    "Kill training with SIGKILL mid-run; the rerun resumes from the last checkpoint and ends as an uninterrupted run."
+    ck = tmp_path/"ck"
+    p = subprocess.Popen([sys.executable, "-c", SCRIPT, str(ck)], env={**os.environ, "SMALLSEL_PROGRESS": "0"})
+    deadline = time.time() + 120
+    while _step(ck) < 6 and time.time() < deadline and p.poll() is None: time.sleep(0.02)
+    p.send_signal(signal.SIGKILL); p.wait()
+    killed_at = _step(ck)
+    assert 6 <= killed_at < 40, f"expected a partial run, the checkpoint is at step {killed_at}"
+    rows, ev = make_noisy_instructions(300, seed=2), make_eval_split(20, seed=2)
+    m, t = make_lm("tiny", seed=0)
+    resumed = train_lm(m, t, rows, ev, checkpoint_dir=ck, **KW)
+    assert resumed.resumed_from == killed_at and resumed.steps == 40
+    m2, t2 = make_lm("tiny", seed=0)
+    fresh = train_lm(m2, t2, rows, ev, **KW)
+    for a, b in zip(m.parameters(), m2.parameters()): torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert resumed.final["eval_loss"] == pytest.approx(fresh.final["eval_loss"], rel=1e-5)
+    assert [h["step"] for h in resumed.history] == [10, 20, 30, 40]
+    assert _step(ck) == 40 and json.loads((ck/"state.json").read_text())["done"]
+
+def test_checkpoint_of_another_run_is_refused(tmp_path):
+    rows = make_noisy_instructions(60, seed=0)
+    train_lm(*make_lm("tiny"), rows, max_steps=2, batch_size=8, template="none", checkpoint_dir=tmp_path)
+    with pytest.raises(SmallselError, match="checkpoint of another run"):
+        train_lm(*make_lm("tiny"), rows, max_steps=3, batch_size=8, template="none", checkpoint_dir=tmp_path)
+    r = train_lm(*make_lm("tiny"), rows, max_steps=3, batch_size=8, template="none", checkpoint_dir=tmp_path, resume=False)
+    assert r.resumed_from == 0 and r.steps == 3
+
+def _hooked(on_third):
+    "A tiny model whose third body forward calls `on_third(output)`."
+    m, t = make_lm("tiny", seed=0)
+    calls = {"n": 0}
+    def hook(mod, args, out):
+        calls["n"] += 1
+        if calls["n"] == 3: on_third(out)
+    m.transformer.register_forward_hook(hook)
+    return m, t
+
+def test_nan_loss_stops_naming_the_step():
+    rows = make_noisy_instructions(100, seed=0)
+    m, t = _hooked(lambda out: out.last_hidden_state.data.fill_(float("nan")))
+    with pytest.raises(SmallselError, match=r"training stopped at step 3 of 5: the loss is nan"):
+        train_lm(m, t, rows, max_steps=5, batch_size=8, template="none")
+    def stop(out): raise KeyboardInterrupt
+    m2, t2 = _hooked(stop)  # the same run, interrupted in step 3: two updates applied
+    with pytest.raises(KeyboardInterrupt): train_lm(m2, t2, rows, max_steps=5, batch_size=8, template="none")
+    for a, b in zip(m.parameters(), m2.parameters()): torch.testing.assert_close(a, b)  # the NaN step was not applied
+
+def test_empty_training_set():
+    with pytest.raises(SmallselError, match="no rows to train"):
+        train_lm(*make_lm("tiny"), make_noisy_instructions(10).select([]), template="none")
+
+def test_eval_without_answers_skips_exact_match_with_a_note():
+    ev = make_eval_split(12, seed=0).remove_columns("answer")
+    r = train_lm(*make_lm("tiny"), make_noisy_instructions(40, seed=0), ev, max_steps=2, batch_size=8, template="none")
+    assert "exact_match" not in r.final and np.isfinite(r.final["eval_loss"])
+    assert r.notes == ["exact match skipped: the eval rows have no `answer` column"]
+    assert "exact match skipped" in r.summary()
+
+def test_tokenizer_without_pad_token():
+    rows, ev = make_noisy_instructions(40, seed=0), make_eval_split(12, seed=0)
+    m1, t1 = make_lm("tiny", seed=0); m2, t2 = make_lm("tiny", seed=0)
+    t2.pad_token = None
+    a = train_lm(m1, t1, rows, ev, max_steps=3, batch_size=8, template="none").final
+    b = train_lm(m2, t2, rows, ev, max_steps=3, batch_size=8, template="none").final
+    assert t2.pad_token_id is None
+    assert a["eval_loss"] == pytest.approx(b["eval_loss"], rel=1e-6) and a["exact_match"] == b["exact_match"]
+
+def test_tokenizer_without_eos_is_refused():
+    m, t = make_lm("tiny")
+    t.eos_token = None
+    with pytest.raises(SmallselError, match="no EOS token"):
+        train_lm(m, t, make_noisy_instructions(10), template="none")
+
+def test_grad_accumulation_matches_one_big_batch():
+    rows = make_noisy_instructions(64, seed=0)
+    def one_step(bs, acc):
+        m, t = make_lm("tiny", seed=0)
+        train_lm(m, t, rows, max_steps=2, batch_size=bs, grad_accum=acc, template="none", warmup=0)
+        return torch.cat([p.detach().flatten() for p in m.parameters()])
+    torch.testing.assert_close(one_step(16, 1), one_step(4, 4), rtol=1e-4, atol=1e-5)
+
+def test_schedule_covers_every_row_once_per_epoch():
+    L = np.random.default_rng(0).integers(5, 300, 1000)
+    s = schedule(1000, 16, 2, epochs=2, seed=3, lengths=L)
+    flat = np.concatenate([b for st in s for b in st])
+    assert len(flat) == 2000 and (np.bincount(flat, minlength=1000) == 2).all()
+
+def test_cli_finetune(tmp_path, capsys):
+    from smallsel_nb.data import save_rows
+    save_rows(make_noisy_instructions(60, seed=0), tmp_path/"train.jsonl"); save_rows(make_eval_split(12, seed=0), tmp_path/"eval.jsonl")
+    r = cli_finetune(str(tmp_path/"train.jsonl"), out=str(tmp_path/"m"), model="tiny", eval=str(tmp_path/"eval.jsonl"),
+                     template="none", max_steps=3, batch_size=8)
+    assert (tmp_path/"m"/"config.json").exists() and json.loads((tmp_path/"m"/"history.json").read_text())["steps"] == 3
+    assert "exact match" in capsys.readouterr().out and r.final["exact_match"] is not None
+
+DDP = """
+import os, sys, torch
+torch.set_num_threads(1)
+from smallsel_nb.models import make_lm
+from smallsel_nb.synth import make_noisy_instructions
+from smallsel_nb.train import train_lm
+m, t = make_lm("tiny", seed=0)
+r = train_lm(m, t, make_noisy_instructions(64, seed=0), max_steps=3, batch_size=8, grad_accum=2, template="none", device="cpu")
+if int(os.environ.get("RANK", "0")) == 0: torch.save(m.state_dict(), sys.argv[1])
+"""
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_two_processes_match_one(tmp_path):
+    "Data parallel (2 CPU processes, gloo): each reads half of every micro-batch, gradients are summed: same weights as 1 process."
+    (tmp_path/"ddp.py").write_text(DDP)
+    env = {**os.environ, "SMALLSEL_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(tmp_path/"ddp.py"), str(tmp_path/"two.pt")],
+                   env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, str(tmp_path/"ddp.py"), str(tmp_path/"one.pt")], env=env, check=True, capture_output=True, timeout=300)
+    one, two = torch.load(tmp_path/"one.pt"), torch.load(tmp_path/"two.pt")
+    for k in one: torch.testing.assert_close(one[k], two[k], rtol=1e-4, atol=1e-4)
