@@ -109,7 +109,7 @@ def test_grad_accumulation_matches_one_big_batch():
 
 def test_schedule_covers_every_row_once_per_epoch():
     L = np.random.default_rng(0).integers(5, 300, 1000)
-    s = schedule(1000, 16, 2, epochs=2, seed=3, lengths=L)
+    s = schedule(1000, 16, 2, epochs=2, seed=3, lengths=L, group=8)
     flat = np.concatenate([b for st in s for b in st])
     assert len(flat) == 2000 and (np.bincount(flat, minlength=1000) == 2).all()
 
