@@ -44,6 +44,10 @@ class Ranks:
         torch.distributed.all_gather_object(out, obj, group=self.group)
         return out
 
+    def barrier(self):
+        "Wait until every rank gets here (no-op without a process group)."
+        if self.group is not None: torch.distributed.barrier(group=self.group)
+
     def close(self):
         "Leave the process group if this object created it."
         if self.owned and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
@@ -206,9 +210,9 @@ def score_distributed(data, # rows: anything `data.load_rows` reads, or a `Datas
                               cache_dir, per_token, system, shard_rows, prefix_cache, verbose=verbose and ranks.rank == 0)
         check_shared_folder(job.store.root.parent, ranks)
         ds, reports = run_job(job, ranks)
-        if ds is None: return None
-        if verbose and ranks.world > 1: print(rank_summary(reports, job.n_shards))
-        if out is not None: save_rows(ds, out)
+        if ds is not None and verbose and ranks.world > 1: print(rank_summary(reports, job.n_shards))
+        if ds is not None and out is not None: save_rows(ds, out)
+        ranks.barrier()  # leave together, once the output is written: no rank tears down connections another still uses
         return ds
     finally: ranks.close()
 
@@ -440,17 +444,22 @@ def score_stream(source, # .parquet / .jsonl file, a folder of them, or a `datas
         if err is not None: raise err
         failed = [f"rank {r} ({h}): {e}" for r, h, _, _, e in reports if e]
         if failed: raise SmallselError("streamed scoring failed on " + "; ".join(failed))
-        if ranks.rank != 0: return None
-        every = {c: v for *_, d, _, _ in reports for c, v in d.items()}
-        parts = [every[c][0] for c in sorted(every)]
-        bad = [p.name for c, (p, n) in sorted(every.items()) if not part_ok(p, n)]
-        if bad: raise SmallselError(f"{len(bad)} part file(s) are missing or incomplete after every rank finished: {bad[:5]}; rerun to recompute them")
-        concat_parts(parts, out)
-        summary = _summary(parts, out, reports)
-        if not keep_parts:
-            for p in parts: p.unlink(missing_ok=True)
+        summary = _merge_parts(reports, out, keep_parts) if ranks.rank == 0 else None
+        ranks.barrier()  # leave together, once the output is written
         return summary
     finally: ranks.close()
+
+def _merge_parts(reports, out, keep_parts:bool)->dict:
+    "Rank 0: check every rank's part files, concatenate them into `out`, summarize (and delete the parts)."
+    every = {c: v for *_, d, _, _ in reports for c, v in d.items()}
+    parts = [every[c][0] for c in sorted(every)]
+    bad = [p.name for c, (p, n) in sorted(every.items()) if not part_ok(p, n)]
+    if bad: raise SmallselError(f"{len(bad)} part file(s) are missing or incomplete after every rank finished: {bad[:5]}; rerun to recompute them")
+    concat_parts(parts, out)
+    summary = _summary(parts, out, reports)
+    if not keep_parts:
+        for p in parts: p.unlink(missing_ok=True)
+    return summary
 
 def _summary(parts, out, reports)->dict:
     "Rows, truncated rows and error reasons, read back from the parts' score columns only."
