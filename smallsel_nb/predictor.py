@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_predictor.ipynb #71fffd11
 from __future__ import annotations
-import time, warnings
+import copy, math, time, warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -15,13 +15,13 @@ import pyarrow.compute as pc
 import torch
 from scipy import stats
 
-from .core import SmallselError, row_error, forward_flops, train_flops
+from .core import SmallselError, row_error, forward_flops, train_flops, progress
 from .select import Columns, proportional_split, pick_per_group
 
 # %% auto #0
 __all__ = ['PREDICTORS', 'score_bins', 'seed_rows', 'length_features', 'feature_frame', 'hidden_state_features', 'response_loss',
-           'LossPredictor', 'acquire', 'SeedRun', 'predict_large_loss', 'predictor_report', 'compute_plan',
-           'break_even', 'reducible_loss', 'CourseRun', 'course_strategy']
+           'LossPredictor', 'LMLossPredictor', 'acquire', 'SeedRun', 'predict_large_loss', 'predictor_report',
+           'compute_plan', 'break_even', 'reducible_loss', 'CourseRun', 'course_strategy']
 
 # %% ../nbs/08_predictor.ipynb #2a3beb17
 def score_bins(x:np.ndarray, # a score per row (NaN allowed)
@@ -94,6 +94,16 @@ def feature_frame(data, # scored rows
     return X
 
 # %% ../nbs/08_predictor.ipynb #565f053e
+def _mean_hidden(body, # the transformer body of a causal LM (`scoring._body`)
+                 ids:np.ndarray, # right-padded token ids [B, L]
+                 lens:np.ndarray, # real tokens per row
+                 dev, # the model's device
+                )->torch.Tensor: # float32 [B, hidden size]
+    "Mean last-layer hidden state over each row's real tokens."
+    mask = torch.from_numpy(np.arange(ids.shape[1])[None] < lens[:, None]).to(dev)
+    h = body(input_ids=torch.from_numpy(ids).to(dev), attention_mask=mask.long()).last_hidden_state.float()
+    return (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+
 @torch.no_grad()
 def hidden_state_features(model, # a causal LM (the small scorer)
                           tokenizer, # its tokenizer
@@ -114,9 +124,7 @@ def hidden_state_features(model, # a causal LM (the small scorer)
     for b in plan_batches(L[order], batch_tokens):
         idx = order[b]
         ids, lens = pad_batch(rows.seqs(idx), _pad_id(tokenizer))
-        mask = torch.from_numpy(np.arange(ids.shape[1])[None] < lens[:, None]).to(dev)
-        h = body(input_ids=torch.from_numpy(ids).to(dev), attention_mask=mask.long()).last_hidden_state.float()
-        out[idx] = ((h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)).cpu().numpy()
+        out[idx] = _mean_hidden(body, ids, lens, dev).cpu().numpy()
     return out
 
 # %% ../nbs/08_predictor.ipynb #d1da47c8
@@ -162,6 +170,23 @@ def _regressor(kind:str, seed:int, n:int):
     if kind == "ridge": return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
     return HistGradientBoostingRegressor(max_iter=100, learning_rate=0.1, min_samples_leaf=max(5, min(20, n // 10)), random_state=seed)
 
+def _check_target(y, # the large model's loss on the seed rows
+                  rows, # their row positions in the pool (None: 0, 1, ...)
+                  n:int, # feature rows given with them
+                  min_rows:int, # smallest seed accepted
+                  what:str, # the predictor, for messages
+                 )->tuple[np.ndarray, np.ndarray]: # (losses as float64, row positions)
+    "The seed's large-model losses, refused when they cannot train a predictor."
+    y = np.asarray(y, np.float64)
+    rows = np.arange(len(y)) if rows is None else np.asarray(rows)
+    if len(y) != n: raise SmallselError(f"{n:,} feature rows but {len(y):,} losses")
+    bad = np.flatnonzero(~np.isfinite(y))
+    if len(bad): raise row_error("no large-model loss (NaN or inf) for a seed row: score it again or leave it out", rows[bad], "seed")
+    if len(y) < min_rows:
+        raise SmallselError(f"the seed set has {len(y)} rows; the {what} predictor needs at least {min_rows}: raise the seed fraction")
+    if np.ptp(y) == 0: raise SmallselError(f"the large-model loss is the same ({y[0]:.4g}) on all {len(y)} seed rows: nothing to learn (a broken scorer?)")
+    return y, rows
+
 @dataclass
 class LossPredictor:
     "A regressor from cheap features to the large model's loss, fitted on a seed subset."
@@ -206,14 +231,7 @@ class LossPredictor:
            )->LossPredictor:
         "Fit on the seed rows; measure the cross-validated Spearman; fit the bootstrap copies."
         from sklearn.model_selection import KFold
-        y = np.asarray(y, np.float64)
-        rows = np.arange(len(y)) if rows is None else np.asarray(rows)
-        if len(y) != len(X): raise SmallselError(f"{len(X):,} feature rows but {len(y):,} losses")
-        bad = np.flatnonzero(~np.isfinite(y))
-        if len(bad): raise row_error("no large-model loss (NaN or inf) for a seed row: score it again or leave it out", rows[bad], "seed")
-        if len(y) < self.min_rows:
-            raise SmallselError(f"the seed set has {len(y)} rows; the {self.kind} predictor needs at least {self.min_rows}: raise the seed fraction")
-        if np.ptp(y) == 0: raise SmallselError(f"the large-model loss is the same ({y[0]:.4g}) on all {len(y)} seed rows: nothing to learn (a broken scorer?)")
+        y, rows = _check_target(y, rows, len(X), self.min_rows, self.kind)
         X = self._matrix(X, fit=True, source="seed")
         with _threads(len(y)):
             self.model = _regressor(self.kind, self.seed, len(y)).fit(X, y)
@@ -244,6 +262,92 @@ class LossPredictor:
         if len(self.members) < 2: raise SmallselError(f"uncertainty needs n_boot >= 2 bootstrap copies; this predictor has {len(self.members)}")
         X = self._matrix(X)
         with _threads(len(X)): return np.std([m.predict(X) for m in self.members], axis=0)
+
+# %% ../nbs/08_predictor.ipynb #02429f96
+@dataclass
+class LMLossPredictor:
+    "A small causal LM with a linear head on its mean last hidden state, fine-tuned to predict the large model's loss."
+    model: object # causal LM to start from, e.g. the small scorer (a copy is fine-tuned; the original is left as it is)
+    tokenizer: object # its tokenizer
+    template: str = "alpaca" # prompt template, as for scoring
+    max_length: int = 256 # longest prompt + response in tokens
+    epochs: int = 4 # passes over the training part of the seed
+    lr: float = 1e-4 # peak learning rate of the LM body (warmup + cosine)
+    head_lr: float = 1e-3 # peak learning rate of the regression head
+    batch_size: int = 16 # rows per step
+    val_frac: float = 0.2 # share of the seed held out to measure the Spearman (the rest trains)
+    min_rows: int = 30 # smallest seed set accepted
+    warn_below: float = 0.3 # warn when the held-out Spearman is below this
+    batch_tokens: int = 8192 # padded tokens per forward when predicting
+    seed: int = 0 # random seed
+    val_spearman: float = float("nan") # Spearman on the held-out seed rows (set by `fit`)
+
+    def _tokens(self, data, source:str):
+        from smallsel_nb.train import token_rows
+        return token_rows(data, self.tokenizer, self.template, self.max_length, source=source)
+
+    def _split(self, n:int, rng)->tuple[np.ndarray, np.ndarray]:
+        "(held-out, training) positions of the seed."
+        perm = rng.permutation(n)
+        k = int(round(self.val_frac * n)) if self.val_frac > 0 else 0
+        return perm[:k], perm[k:]
+
+    def fit(self, data, # seed rows: instruction, input, output (a `Dataset`)
+            y:np.ndarray, # the large model's loss on those rows
+            rows:np.ndarray|None=None, # their row positions in the pool (for messages)
+           )->LMLossPredictor:
+        "Fine-tune a copy of the LM and the head on the seed (less a held-out part); measure the held-out Spearman."
+        from smallsel_nb.train import _pad_id, lr_at
+        from smallsel_nb.scoring import pad_batch, _body
+        y, rows = _check_target(y, rows, len(data), self.min_rows, "LM")
+        tr, rng = self._tokens(data, "seed"), np.random.default_rng(self.seed)
+        torch.manual_seed(self.seed)
+        val, fit = self._split(len(y), rng)
+        self.mu, self.sd = float(y[fit].mean()), float(y[fit].std() or 1.0)
+        self.lm = copy.deepcopy(self.model).float().train()
+        dev, body = next(self.lm.parameters()).device, _body(self.lm)
+        self.head = torch.nn.Linear(self.lm.config.hidden_size, 1).to(dev)
+        torch.nn.init.zeros_(self.head.weight); torch.nn.init.zeros_(self.head.bias)  # starts at the seed mean
+        opt = torch.optim.AdamW([dict(params=body.parameters()), dict(params=self.head.parameters())], weight_decay=0.0)
+        steps = [b for _ in range(self.epochs) for b in np.array_split(rng.permutation(fit), max(1, math.ceil(len(fit) / self.batch_size)))]
+        target = torch.tensor((y - self.mu) / self.sd, dtype=torch.float32, device=dev)
+        params = list(self.lm.parameters()) + list(self.head.parameters())
+        for i, b in enumerate(progress(steps, desc="fitting the LM predictor", unit="step")):
+            for g, peak in zip(opt.param_groups, (self.lr, self.head_lr)): g["lr"] = lr_at(i, len(steps), peak, max(1, len(steps) // 10), peak / 10)
+            ids, lens = pad_batch(tr.seqs(b), _pad_id(self.tokenizer))
+            loss = torch.nn.functional.mse_loss(self.head(_mean_hidden(body, ids, lens, dev)).squeeze(-1), target[b])
+            opt.zero_grad(set_to_none=True); loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
+        self.lm.eval()
+        if len(val) >= 3: self._validate(self._predict(tr, val), y[val])
+        return self
+
+    def _validate(self, pred:np.ndarray, y:np.ndarray):
+        self.val_spearman = float(stats.spearmanr(pred, y).statistic) if np.ptp(pred) > 0 else 0.0
+        if not self.val_spearman >= self.warn_below:
+            warnings.warn(f"loss predictor (LM): Spearman on the {len(y)} held-out seed rows is {self.val_spearman:.3f}, "
+                          f"below {self.warn_below}: its ranking of the other rows is unreliable (more seed rows, more epochs, a trained LM)")
+
+    @torch.no_grad()
+    def _predict(self, tr, idx:np.ndarray)->np.ndarray:
+        "Predicted loss of the tokenized rows `idx`, in length-sorted token-budget batches."
+        from smallsel_nb.train import _pad_id
+        from smallsel_nb.scoring import pad_batch, plan_batches, _body
+        dev, body = next(self.lm.parameters()).device, _body(self.lm)
+        L = tr.ids.lengths[idx]
+        order, out = np.argsort(L, kind="stable"), np.zeros(len(idx))
+        for b in plan_batches(L[order], self.batch_tokens):
+            ids, lens = pad_batch(tr.seqs(idx[order[b]]), _pad_id(self.tokenizer))
+            out[order[b]] = self.head(_mean_hidden(body, ids, lens, dev)).squeeze(-1).double().cpu().numpy()
+        return out * self.sd + self.mu
+
+    def predict(self, data, # rows: instruction, input, output
+               )->np.ndarray: # predicted large-model loss per row
+        "Predicted large-model loss per row."
+        if not hasattr(self, "lm"): raise SmallselError("the predictor is not fitted: call fit(seed_rows, seed_losses) first")
+        tr = self._tokens(data, "rows to predict")
+        return self._predict(tr, np.arange(len(tr)))
+
 
 # %% ../nbs/08_predictor.ipynb #239f6752
 def acquire(predictor:LossPredictor, # a fitted predictor with n_boot >= 2
