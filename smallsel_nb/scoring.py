@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_scoring.ipynb #7cc76c44
 from __future__ import annotations
-import inspect, json, math, os, shutil, time, warnings
+import contextlib, inspect, json, math, os, shutil, time, warnings
 from dataclasses import dataclass
 from collections import Counter
 from pathlib import Path
@@ -154,6 +154,14 @@ def prefix_kv(model, prefix:np.ndarray)->list:
     cache = out.cache if hasattr(out, "cache") else out.past_key_values
     return [(layer[0], layer[1]) for layer in cache]
 
+@contextlib.contextmanager
+def _hf_quiet():
+    "Silence transformers' warnings for a block (e.g. its advice to pass an attention mask, which we omit on purpose)."
+    from transformers.utils import logging as hf_logging
+    v = hf_logging.get_verbosity(); hf_logging.set_verbosity_error()
+    try: yield
+    finally: hf_logging.set_verbosity(v)
+
 @torch.inference_mode()
 def forward_nll(model, # causal LM
                 seqs:list, # full token sequences (prefix included)
@@ -173,7 +181,7 @@ def forward_nll(model, # causal LM
     # states computed at padded positions are never gathered. Plain causal attention takes the fast kernel path.
     kw = dict(input_ids=ids_t, position_ids=torch.arange(prefix_len, prefix_len + l, device=dev).expand(b, l))
     if prefix_len: kw[_cache_kw(body)] = _expand_cache(model, kv, b)
-    h = body(**kw, use_cache=bool(prefix_len)).last_hidden_state
+    with _hf_quiet(): h = body(**kw, use_cache=bool(prefix_len)).last_hidden_state
     rows_t, pos_t = torch.from_numpy(rows).to(dev), torch.from_numpy(pos).to(dev)
     nll = head_nll(model, h[rows_t, pos_t], ids_t[rows_t, pos_t + 1])
     sums = torch.zeros(b, dtype=torch.float32, device=dev).index_add_(0, rows_t, nll)

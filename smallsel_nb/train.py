@@ -19,7 +19,7 @@ from .core import (SmallselError, row_error, get_device, set_seed, progress, fin
                               matmul_params, train_flops)
 from .data import tokenize_for_scoring
 from .synth import exact_match
-from .scoring import Ragged, arrow_table, pad_batch, scored_positions, head_nll, forward_nll, plan_batches, _body
+from .scoring import Ragged, arrow_table, pad_batch, scored_positions, head_nll, forward_nll, plan_batches, _body, _hf_quiet
 
 # %% auto #0
 __all__ = ['CKPT', 'TokenRows', 'token_rows', 'schedule', 'padded_tokens', 'lr_at', 'response_nll', 'eval_loss', 'generate',
@@ -108,14 +108,6 @@ def lr_at(step:int, # optimizer step, 0-based
     return min_lr + 0.5 * (1 + math.cos(math.pi * p)) * (lr - min_lr)
 
 # %% ../nbs/05_train.ipynb #c035e457
-@contextlib.contextmanager
-def _hf_quiet():
-    "Silence transformers' warnings for a block."
-    from transformers.utils import logging as hf_logging
-    v = hf_logging.get_verbosity(); hf_logging.set_verbosity_error()
-    try: yield
-    finally: hf_logging.set_verbosity(v)
-
 def _pad_id(tokenizer)->int:
     "The id used for padding: the pad token, else EOS (padded positions are masked and never scored)."
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
