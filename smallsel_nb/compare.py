@@ -149,7 +149,7 @@ class CompareResult:
 
     def verdict(self, max_compute:float=0.4, # the compute share a selection may use
                )->list[str]:
-        "For each charged arm: did it beat full and the same-size random subset on eval loss and exact match, within the compute share?"
+        "For each charged arm: did it beat full and the same-size random subset on eval loss and exact match (when computed), within the compute share?"
         s, out = self.stats().set_index("arm"), []
         for label, g in self.runs.groupby("label", sort=False):
             if not g.charged.iloc[0]: continue
@@ -159,10 +159,11 @@ class CompareResult:
             if not wins: parts.append("no full-pool arm to compare with")
             for base in bases:
                 o = s.loc[base]
-                loss_ok, em_ok = r.eval_loss < o.eval_loss, r.exact_match > o.exact_match  # False when either is NaN
+                has_em = not (np.isnan(r.exact_match) and np.isnan(o.exact_match))  # no exact match at all: judge on loss
+                loss_ok, em_ok = r.eval_loss < o.eval_loss, (r.exact_match > o.exact_match) if has_em else True  # False when one is NaN
                 wins &= bool(loss_ok and em_ok)
-                parts.append(f"vs {base}: eval loss {r.eval_loss:.3f} vs {o.eval_loss:.3f} ({'lower' if loss_ok else 'not lower'}), "
-                             f"exact match {r.exact_match:.1%} vs {o.exact_match:.1%} ({'higher' if em_ok else 'not higher'})")
+                em = f", exact match {r.exact_match:.1%} vs {o.exact_match:.1%} ({'higher' if em_ok else 'not higher'})" if has_em else ""
+                parts.append(f"vs {base}: eval loss {r.eval_loss:.3f} vs {o.eval_loss:.3f} ({'lower' if loss_ok else 'not lower'}){em}")
             share = r.compute_vs_full
             if share == share: parts.append(f"compute {share:.0%} of the full run (limit {max_compute:.0%})")
             ok = wins and share <= max_compute

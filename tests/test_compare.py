@@ -74,6 +74,15 @@ def test_verdict_follows_the_numbers():
     assert "target not met" in _result(0.9, 0.45, 5.0).verdict()[0]   # loses to full on exact match
     assert "target not met" in _result(0.9, 0.6, 15.0).verdict()[0]   # 45% of the full compute
 
+
+def test_verdict_without_exact_match():
+    "Eval rows without answers: the verdict judges on eval loss alone and does not print NaN exact match."
+    r = _result(0.9, None, 5.0); r.runs["exact_match"] = None
+    v = r.verdict()[0]
+    assert v.startswith("sel@0.3: TARGET MET") and "exact match" not in v and "nan" not in v
+    r.runs.loc[2, "eval_loss"] = 1.1
+    assert r.verdict()[0].startswith("sel@0.3: target not met")
+
 def test_scoring_cost(bench):
     pool, _ = bench
     m, tok = make_lm("tiny")

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from smallsel_nb.core import SmallselError, table_fingerprint
-from smallsel_nb.synth import (FAMILIES, FRAMES, KINDS, cli_synth, exact_match, extract_answer, make_eval_split,
-                               make_noisy_instructions, noisy_benchmark)
+from smallsel_nb.synth import (FAMILIES, FRAMES, KINDS, REAL_KINDS, cli_synth, corrupt_rows, exact_match, extract_answer,
+                               make_eval_split, make_noisy_instructions, noisy_benchmark)
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +199,51 @@ def test_cli_synth_writes_parquet(tmp_path):
 
 def test_cli_synth_bad_extension(tmp_path):
     with pytest.raises(SmallselError, match="must end in .jsonl or .parquet"): cli_synth(str(tmp_path / "pool.csv"))
+
+
+@pytest.fixture(scope="module")
+def real_rows():
+    from datasets import Dataset
+    rng = np.random.default_rng(0)
+    words = np.array("alpha beta gamma delta sigma omega river stone cloud ember".split())
+    txt = lambda n, k: [" ".join(w) for w in words[rng.integers(0, len(words), (n, k))]]
+    return Dataset.from_dict({"id": [f"r{i}" for i in range(400)], "instruction": [s.capitalize() + "?" for s in txt(400, 6)],
+                              "input": [""] * 400, "output": txt(400, 12)})
+
+
+def test_corrupt_rows_labels_match_changes(real_rows):
+    out, orig = corrupt_rows(real_rows, noise=0.3, seed=7).to_pandas(), real_rows.to_pandas()
+    assert Counter(out.noise_kind) == {"clean": 280, **{k: 20 for k in REAL_KINDS}}
+    assert (out.id == orig.id).all() and (out.is_noisy == (out.noise_kind != "clean")).all()
+    same = (out[["instruction", "input", "output"]] == orig[["instruction", "input", "output"]]).all(axis=1)
+    assert same[out.noise_kind == "clean"].all()
+    for k in ("mismatched", "repetitive", "nonsense", "truncated"):
+        g = out.noise_kind == k
+        assert (out.instruction[g] == orig.instruction[g]).all() and (out.output[g] != orig.output[g]).all(), k
+    t = out.noise_kind == "truncated"
+    assert all(b.startswith(a) and len(a) < len(b) for a, b in zip(out.output[t], orig.output[t]))
+    clean = set(zip(orig.instruction[same], orig.output[same]))
+    assert all(p in clean for p in zip(out.instruction[out.noise_kind == "duplicate"], out.output[out.noise_kind == "duplicate"]))
+
+
+def test_corrupt_rows_deterministic(real_rows):
+    a, b = corrupt_rows(real_rows, seed=1), corrupt_rows(real_rows, seed=1)
+    assert table_fingerprint(a) == table_fingerprint(b) and a._fingerprint == b._fingerprint
+    assert table_fingerprint(a) != table_fingerprint(corrupt_rows(real_rows, seed=2))
+
+
+@pytest.mark.parametrize("noise", [1.0, -0.2, 1.5])
+def test_corrupt_rows_bad_noise(real_rows, noise):
+    with pytest.raises(SmallselError, match=r"noise must be a fraction in \[0, 1\)"): corrupt_rows(real_rows, noise=noise)
+
+
+def test_corrupt_rows_unknown_kind(real_rows):
+    with pytest.raises(SmallselError, match="unknown kind 'wrong'"): corrupt_rows(real_rows, kinds="wrong,nonsense")
+
+
+def test_corrupt_rows_missing_columns(real_rows):
+    with pytest.raises(SmallselError, match=r"missing column\(s\) output"): corrupt_rows(real_rows.remove_columns("output"))
+
+
+def test_corrupt_rows_already_labelled(real_rows):
+    with pytest.raises(SmallselError, match="already have noise labels"): corrupt_rows(corrupt_rows(real_rows))
