@@ -19,7 +19,7 @@ from datasets import Dataset
 from fastcore.script import Param
 from .core import SmallselError, cache_root, fingerprint, table_fingerprint
 from .scoring import (ScoringJob, Ragged, arrow_table, attach_scores, error_summary, plan_shards,
-                                 prepare_scoring)
+                                 prepare_scoring, _resolve_model)
 
 # %% auto #0
 __all__ = ['Ranks', 'launch_env', 'init_ranks', 'rank_device', 'rank_shards', 'shard_plan', 'missing_shards', 'key_mismatch',
@@ -382,12 +382,6 @@ def concat_parts(parts:list[Path], # part files, in order
     return out
 
 # %% ../nbs/10_distributed.ipynb #f219d4a8
-def _load_model(model, dtype, device):
-    "Load the model once for all chunks, exactly as the scoring engine does (same dtype policy)."
-    from smallsel_nb.scoring import _resolve_model
-    m, tok, _ = _resolve_model(model, dtype, device)
-    return m, tok
-
 def _stream_settings(m, template, max_length, per_token, system, shard_rows, chunk_rows, source:ChunkSource)->dict:
     "What the ranks must agree on, and what names a part file (besides the chunk's content)."
     from smallsel_nb.models import model_identity
@@ -419,7 +413,7 @@ def score_stream(source, # .parquet / .jsonl file, a folder of them, or a `datas
     ranks = init_ranks(timeout_s)
     try:
         dev = rank_device(device, ranks.local_rank)
-        m, tok = _load_model(model, dtype, dev)
+        m, tok, _ = _resolve_model(model, dtype, dev)  # once for all chunks, with the scoring engine's dtype policy
         settings = _stream_settings(m, template, max_length, per_token, system, shard_rows, chunk_rows, src)
         check_same_settings(settings, ranks, what="stream")
         parts_dir = Path(cache_dir or cache_root()/"scores")/"parts"
@@ -434,7 +428,8 @@ def score_stream(source, # .parquet / .jsonl file, a folder of them, or a `datas
                 if part_ok(path, raw.num_rows): stats["chunks_reused"] += 1
                 else:
                     job = prepare_scoring(chunk_rows_canonical(raw, start, src.name), (m, tok), template, max_length, batch_tokens,
-                                          dev, dtype, cache_dir, per_token, system, shard_rows, prefix_cache, verbose=False)
+                                          dev, dtype, cache_dir, per_token, system, shard_rows, prefix_cache, verbose=False,
+                                          identity=settings["model"])  # the weights are hashed once, not per chunk
                     res = job.run(desc=f"chunk {c} (rows {start:,}-{start + raw.num_rows - 1:,})")
                     write_part(attach_scores(job, res), path)
                     stats["chunks_scored"] += 1; stats["shards_scored"] += res["shards_computed"]; stats["shards_cached"] += res["shards_cached"]

@@ -16,7 +16,7 @@ from scipy import stats
 from fastcore.script import Param
 
 from .core import SmallselError, row_error
-from .select import Columns, read_scored, write_rows
+from .select import Columns, read_scored, write_rows, _unique_names
 
 # %% auto #0
 __all__ = ['NAN_POLICIES', 'AGGREGATES', 'score_matrix', 'check_matrix', 'pct_ranks', 'zscores', 'aggregates', 'aggregate',
@@ -239,12 +239,6 @@ def _ids(tbl:pa.Table, on:str, source:str)->pd.Index:
     if len(dup): raise row_error(f"{on!r} {ids[dup[0]]!r} occurs more than once (ids must be unique to line files up)", dup, source)
     return ids
 
-def _unique(names:list[str])->list[str]:
-    seen, out = {}, []
-    for n in names:
-        seen[n] = seen.get(n, 0) + 1
-        out.append(n if seen[n] == 1 else f"{n}#{seen[n]}")
-    return out
 
 def align_column(base_ids:pd.Index, # ids of the rows to fill, in order (`_ids` of the first table)
                  tbl:pa.Table, # a scored table, rows in any order
@@ -271,13 +265,11 @@ def merge_scored(tables:Sequence[pa.Table], # scored tables, one per model; the 
     sources = list(sources or names)
     if len(tables) != len(names): raise SmallselError(f"{len(tables)} tables but {len(names)} names")
     base_ids = _ids(tables[0], on, sources[0])
-    cols = {f"{by}@{n}": align_column(base_ids, t, by, on, src, sources[0]) for t, n, src in zip(tables, _unique(list(names)), sources)}
+    cols = {f"{by}@{n}": align_column(base_ids, t, by, on, src, sources[0]) for t, n, src in zip(tables, _unique_names(list(names)), sources)}
     missing = {c.split("@", 1)[1]: int(np.isnan(v).sum()) for c, v in cols.items()}
     return with_columns(tables[0], cols), list(cols), missing
 
 # %% ../nbs/07_ensemble.ipynb #3f220528
-_PER_MODEL = ("cond_loss", "uncond_loss", "ifd", "cond_ppl", "uncond_ppl", "n_response_tokens", "score_error", "truncated", "token_losses")
-
 def _score_tables(data:str, models:list[str], template:str, dtype:str, device:str)->list[pa.Table]:
     from smallsel_nb.scoring import score, arrow_table
     return [arrow_table(score(data, m, template=template, dtype=dtype, device=device)) for m in models]
@@ -322,13 +314,15 @@ def cli_ensemble(inputs:Param("scored files, one per model (as `smallsel score` 
         tables, sources, default = [read_scored(p) for p in inputs], list(map(str, inputs)), [Path(p).stem for p in inputs]
     names = [n.strip() for n in names.split(",")] if names else default
     if len(names) != len(tables): raise SmallselError(f"--names gives {len(names)} names for {len(tables)} models")
-    names = _unique(names)
+    names = _unique_names(names)
     ref = None
     if reference is not None:
         if Path(reference).exists(): ref = (read_scored(reference), Path(reference).stem, reference)
         elif model: ref = (_score_tables(inputs[0], [reference], template, dtype, device)[0], reference, reference)
     merged, cols, missing = merge_scored(tables, names, by, on, sources)
-    merged = merged.drop_columns([c for c in _PER_MODEL if c in merged.column_names])  # the first model's own columns
+    from smallsel_nb.scoring import SCORE_COLUMNS
+    per_model = (*SCORE_COLUMNS, "truncated", "token_losses")  # the first model's own columns
+    merged = merged.drop_columns([c for c in per_model if c in merged.column_names])
     ens = ensemble_scores(merged, cols, how, nan, min_models, trim, source=str(out))
     merged = with_columns(merged, ens)
     ref_col = None

@@ -104,6 +104,21 @@ def _mean_hidden(body, # the transformer body of a causal LM (`scoring._body`)
     h = body(input_ids=torch.from_numpy(ids).to(dev), attention_mask=mask.long()).last_hidden_state.float()
     return (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
 
+def _mean_hidden_batches(model, # a causal LM
+                         tokenizer, # its tokenizer
+                         tr, # tokenized rows (`train.token_rows`)
+                         idx:np.ndarray, # positions of the rows to read
+                         batch_tokens:int, # padded tokens per forward
+                        ):
+    "Yield (positions into `idx`, mean last hidden state) over length-sorted token-budget batches."
+    from smallsel_nb.train import _pad_id
+    from smallsel_nb.scoring import pad_batch, plan_batches, _body
+    dev, body = next(model.parameters()).device, _body(model)
+    order = np.argsort(tr.ids.lengths[idx], kind="stable")
+    for b in plan_batches(tr.ids.lengths[idx][order], batch_tokens):
+        ids, lens = pad_batch(tr.seqs(idx[order[b]]), _pad_id(tokenizer))
+        yield order[b], _mean_hidden(body, ids, lens, dev)
+
 @torch.no_grad()
 def hidden_state_features(model, # a causal LM (the small scorer)
                           tokenizer, # its tokenizer
@@ -113,18 +128,11 @@ def hidden_state_features(model, # a causal LM (the small scorer)
                           batch_tokens:int=8192, # padded tokens per forward
                          )->np.ndarray: # float32 (N, hidden size)
     "Mean last-layer hidden state of each row (prompt + response) under a causal LM."
-    from smallsel_nb.train import token_rows, _pad_id
-    from smallsel_nb.scoring import pad_batch, plan_batches, _body
+    from smallsel_nb.train import token_rows
     rows = token_rows(data, tokenizer, template, max_length, source="features")
-    dev = next(model.parameters()).device
-    body = _body(model.eval())
-    L = rows.ids.lengths
-    order = np.argsort(L, kind="stable")
+    model.eval()
     out = np.zeros((len(rows), model.config.hidden_size), np.float32)
-    for b in plan_batches(L[order], batch_tokens):
-        idx = order[b]
-        ids, lens = pad_batch(rows.seqs(idx), _pad_id(tokenizer))
-        out[idx] = _mean_hidden(body, ids, lens, dev).cpu().numpy()
+    for pos, h in _mean_hidden_batches(model, tokenizer, rows, np.arange(len(rows)), batch_tokens): out[pos] = h.cpu().numpy()
     return out
 
 # %% ../nbs/08_predictor.ipynb #d1da47c8
@@ -138,21 +146,10 @@ def response_loss(model, # causal LM (the large model)
                   batch_tokens:int=8192, # padded tokens per forward
                  )->tuple[np.ndarray, int]: # (mean response-token NLL per asked row, tokens read)
     "Per-row training loss of `model` on the asked rows, and the tokens the forward passes read."
-    from smallsel_nb.train import token_rows, _pad_id, _hf_quiet
-    from smallsel_nb.scoring import plan_batches, forward_nll
+    from smallsel_nb.train import token_rows, row_nll, _pad_id
     if rows is not None: data = data.select(np.asarray(rows)) if hasattr(data, "select") else data.iloc[np.asarray(rows)]
     tr = token_rows(data, tokenizer, template, max_length, source="large-model loss")
-    L, n_resp = tr.ids.lengths, tr.ids.lengths - tr.start
-    order = np.argsort(L, kind="stable")
-    out = np.zeros(len(tr))
-    was = model.training; model.eval()
-    with _hf_quiet():  # right padding needs no attention mask under the causal mask (see `scoring.forward_nll`)
-        for b in plan_batches(L[order], batch_tokens):
-            idx = order[b]
-            s, _ = forward_nll(model, tr.seqs(idx), tr.start[idx], pad_id=_pad_id(tokenizer))
-            out[idx] = s.double().cpu().numpy() / n_resp[idx]
-    model.train(was)
-    return out, tr.tokens
+    return row_nll(model, tr, _pad_id(tokenizer), batch_tokens) / (tr.ids.lengths - tr.start), tr.tokens
 
 # %% ../nbs/08_predictor.ipynb #91b495bc
 PREDICTORS = ("ridge", "hgb")
@@ -331,14 +328,9 @@ class LMLossPredictor:
     @torch.no_grad()
     def _predict(self, tr, idx:np.ndarray)->np.ndarray:
         "Predicted loss of the tokenized rows `idx`, in length-sorted token-budget batches."
-        from smallsel_nb.train import _pad_id
-        from smallsel_nb.scoring import pad_batch, plan_batches, _body
-        dev, body = next(self.lm.parameters()).device, _body(self.lm)
-        L = tr.ids.lengths[idx]
-        order, out = np.argsort(L, kind="stable"), np.zeros(len(idx))
-        for b in plan_batches(L[order], self.batch_tokens):
-            ids, lens = pad_batch(tr.seqs(idx[order[b]]), _pad_id(self.tokenizer))
-            out[order[b]] = self.head(_mean_hidden(body, ids, lens, dev)).squeeze(-1).double().cpu().numpy()
+        out = np.zeros(len(idx))
+        for pos, h in _mean_hidden_batches(self.lm, self.tokenizer, tr, idx, self.batch_tokens):
+            out[pos] = self.head(h).squeeze(-1).double().cpu().numpy()
         return out * self.sd + self.mu
 
     def predict(self, data, # rows: instruction, input, output

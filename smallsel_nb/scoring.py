@@ -385,21 +385,21 @@ def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
     prefixes = find_prefixes([cond[i] for i in sample], rs[sample]) if prefix_cache else []
     out = dict(cond_sum=np.full(n, np.nan), uncond_sum=np.full(n, np.nan), n_cond=np.zeros(n, np.int64),
                n_uncond=np.zeros(n, np.int64), token_losses=[None] * n)
-    done = {k for k in todo if store is not None and store.load(k, plan[k]) is not None}
+    n_cached = 0
     bar = progress(total=sum(len(plan[k]) for k in todo), desc=desc, unit="rows")
     scorer = None
     for k in todo:
         rows = plan[k]
-        d = store.load(k, rows) if k in done else None
+        d = store.load(k, rows) if store is not None else None  # a finished shard is read once, here
         if d is None:
             scorer = scorer or ShardScorer(model, pad_id, prefixes, batch_tokens, per_token, bar)
             d = scorer.score([cond[i] for i in rows], rs[rows], [unc[i] for i in rows], us[rows], ok[rows])
             if store is not None: store.save(k, rows, d, per_token)
-        else: bar.update(len(rows))
+        else: bar.update(len(rows)); n_cached += 1
         for c in ("cond_sum", "uncond_sum", "n_cond", "n_uncond"): out[c][rows] = d[c]
         for i, t in zip(rows, d["token_losses"]): out["token_losses"][i] = t
     bar.close()
-    out["shards_cached"], out["shards_computed"] = len(done), len(todo) - len(done)
+    out["shards_cached"], out["shards_computed"] = n_cached, len(todo) - n_cached
     return out
 
 # %% ../nbs/03_scoring.ipynb #86313d29
@@ -454,6 +454,7 @@ def prepare_scoring(data, # rows: anything `data.load_rows` reads, or a `Dataset
           shard_rows:int=2048, # rows per cached shard
           prefix_cache:bool=True, # encode shared prompt prefixes once (faster, same scores)
           verbose:bool=True, # print the tokenization summary
+          identity:str|None=None, # the model's `models.model_identity` when known (skips hashing the weights again)
          )->ScoringJob:
     "Load rows and model, tokenize, and key the cache: a job ready to `run`."
     from smallsel_nb.data import load_rows, tokenize_for_scoring
@@ -466,7 +467,7 @@ def prepare_scoring(data, # rows: anything `data.load_rows` reads, or a `Dataset
         warnings.warn(f"max_length={max_length} is longer than the model's {limit} positions: using {limit}")
         max_length = limit
     tok = tokenize_for_scoring(ds, tokenizer, template=template, max_length=max_length, system=system, verbose=verbose)
-    key = dict(data=table_fingerprint(ds, ["id", "instruction", "input", "output"]), model=_identity(m, name),
+    key = dict(data=table_fingerprint(ds, ["id", "instruction", "input", "output"]), model=identity or _identity(m, name),
                template=template, system=system, max_length=max_length, per_token=per_token,
                dtype=str(next(m.parameters()).dtype), shard_rows=shard_rows, version=1)
     store = None if cache_dir is False else ShardStore(Path(cache_dir or cache_root()/"scores")/fingerprint(key), key)

@@ -22,8 +22,9 @@ from .synth import exact_match
 from .scoring import Ragged, arrow_table, pad_batch, scored_positions, head_nll, forward_nll, plan_batches, _body, _hf_quiet
 
 # %% auto #0
-__all__ = ['CKPT', 'TokenRows', 'token_rows', 'schedule', 'padded_tokens', 'lr_at', 'response_nll', 'eval_loss', 'generate',
-           'Evaluator', 'evaluate', 'save_checkpoint', 'load_checkpoint', 'TrainResult', 'train_lm', 'cli_finetune']
+__all__ = ['CKPT', 'TokenRows', 'token_rows', 'schedule', 'padded_tokens', 'lr_at', 'response_nll', 'row_nll', 'eval_loss',
+           'generate', 'Evaluator', 'evaluate', 'save_checkpoint', 'load_checkpoint', 'TrainResult', 'train_lm',
+           'cli_finetune']
 
 # %% ../nbs/05_train.ipynb #f8c90025
 @dataclass
@@ -129,21 +130,28 @@ def response_nll(model, # causal LM
 
 # %% ../nbs/05_train.ipynb #7b4eaa7d
 @torch.no_grad()
+def row_nll(model, # causal LM
+            rows:TokenRows, # tokenized rows (`token_rows`)
+            pad_id:int, # padding id
+            batch_tokens:int=8192, # padded tokens per forward
+           )->np.ndarray: # float64 NLL summed over each row's response tokens
+    "Summed response-token NLL of every row, in length-sorted token-budget batches (eval mode)."
+    was = model.training; model.eval()
+    order, out = np.argsort(rows.ids.lengths, kind="stable"), np.zeros(len(rows))
+    for b in plan_batches(rows.ids.lengths[order], batch_tokens):
+        idx = order[b]
+        s, _ = forward_nll(model, rows.seqs(idx), rows.start[idx], pad_id=pad_id)
+        out[idx] = s.double().cpu().numpy()
+    model.train(was)
+    return out
+
 def eval_loss(model, # causal LM
               rows:TokenRows, # tokenized eval rows (`token_rows`)
               pad_id:int, # padding id
               batch_tokens:int=8192, # padded tokens per forward
              )->float: # mean NLL per response token
     "Token-weighted mean loss on the response tokens of every eval row."
-    was = model.training; model.eval()
-    order = np.argsort(rows.ids.lengths, kind="stable")
-    total = 0.0
-    for b in plan_batches(rows.ids.lengths[order], batch_tokens):
-        idx = order[b]
-        with _hf_quiet(): s, _ = forward_nll(model, rows.seqs(idx), rows.start[idx], pad_id=pad_id)
-        total += s.double().sum().item()
-    model.train(was)
-    return total / rows.targets
+    return float(row_nll(model, rows, pad_id, batch_tokens).sum() / rows.targets)
 
 # %% ../nbs/05_train.ipynb #fdc2c91c
 @torch.no_grad()
@@ -362,9 +370,10 @@ def train_lm(model, # causal LM (`make_lm`, `load_lm`); trained in place
     steps = schedule(len(rows), batch_size, grad_accum, epochs, max_steps, seed, rows.ids.lengths, group_by_length)
     total, pad, n_params = len(steps), _pad_id(tokenizer), matmul_params(model)
     step_rows = [np.concatenate(st) for st in steps]
+    L = rows.ids.lengths; resp = L - rows.start
     cum_rows = np.cumsum([0] + [len(r) for r in step_rows])                                # rows read after k steps
-    cum_tokens = np.cumsum([0] + [int(rows.ids.lengths[r].sum()) for r in step_rows])      # tokens read after k steps
-    n_targets = [int((rows.ids.lengths - rows.start)[r].sum()) for r in step_rows]         # response tokens per step
+    cum_tokens = np.cumsum([0] + [int(L[r].sum()) for r in step_rows])                     # tokens read after k steps
+    n_targets = [int(resp[r].sum()) for r in step_rows]                                    # response tokens per step
     warm = int(warmup * total) if warmup < 1 else int(warmup)
     min_lr = lr / 10 if min_lr is None else min_lr
     eval_every = max(1, total // 5) if eval_every is None else (eval_every or total)
@@ -412,14 +421,15 @@ def train_lm(model, # causal LM (`make_lm`, `load_lm`); trained in place
             step_loss += loss.detach()
         step_loss = dist.sum(model, step_loss)
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
-        if not (torch.isfinite(norm) and torch.isfinite(step_loss)):
-            raise SmallselError(f"training stopped at step {step + 1} of {total}: the loss is {step_loss.item():.4g} and the "
-                                f"gradient norm {norm.item():.4g} (not finite). The weights are from before this step. Lower "
+        loss_val, norm_val = step_loss.item(), norm.item()                          # one host sync per step
+        if not (math.isfinite(loss_val) and math.isfinite(norm_val)):
+            raise SmallselError(f"training stopped at step {step + 1} of {total}: the loss is {loss_val:.4g} and the "
+                                f"gradient norm {norm_val:.4g} (not finite). The weights are from before this step. Lower "
                                 f"lr (now {lr_now:.3g}), check the data, or use precision='fp32'"
                                 + (f"; the last checkpoint in {checkpoint_dir} is unaffected" if checkpoint_dir else ""))
         opt.step(); opt.zero_grad(set_to_none=True)                                 # update
-        run["loss_sum"] += step_loss.item() * n_targets[step]; run["loss_n"] += n_targets[step]
-        bar.update(1); bar.set_postfix(loss=f"{step_loss.item():.3f}", refresh=False)
+        run["loss_sum"] += loss_val * n_targets[step]; run["loss_n"] += n_targets[step]
+        bar.update(1); bar.set_postfix(loss=f"{loss_val:.3f}", refresh=False)
         done = step + 1 == total
         if done or (step + 1) % eval_every == 0: record(step + 1, final=done)
         if checkpoint_dir and dist.main and (done or (step + 1) % ckpt_every == 0):
