@@ -285,6 +285,16 @@ class TrainResult:
     def __repr__(self): return f"TrainResult({self.summary()!r})"
 
 # %% ../nbs/05_train.ipynb #5f6e50d7
+def _buckets(tensors:list, # gradients, in parameter order
+             size:int=2**25, # elements per bucket (about 128 MB in fp32)
+            ):
+    "Consecutive groups of tensors of about `size` elements (one collective each)."
+    bucket, n = [], 0
+    for t in tensors:
+        bucket.append(t); n += t.numel()
+        if n >= size: yield bucket; bucket, n = [], 0
+    if bucket: yield bucket
+
 class _Dist:
     "Data parallelism: rank and world size (set up by `accelerate`), sums across processes; no-ops in one process."
     def __init__(self, device):
@@ -303,10 +313,15 @@ class _Dist:
         "Sum gradients and the step loss over processes (each process divided by the step's global token count)."
         if self.world == 1: return loss
         import torch.distributed as dist
+        grads = []
         for p in model.parameters():
             if p.requires_grad:
                 if p.grad is None: p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad)
+                grads.append(p.grad)
+        for bucket in _buckets(grads):  # a few large collectives, not one per parameter tensor
+            flat = torch.cat([g.reshape(-1) for g in bucket])
+            dist.all_reduce(flat)
+            for g, v in zip(bucket, flat.split([g.numel() for g in bucket])): g.copy_(v.view_as(g))
         dist.all_reduce(loss)
         return loss
     def barrier(self):
