@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['SmallselError', 'row_error', 'get_device', 'cpu_has_bf16', 'get_dtype', 'set_seed', 'fingerprint',
+__all__ = ['SmallselError', 'row_error', 'get_device', 'cpu_has_bf16', 'get_dtype', 'set_seed', 'fingerprint', 'arrow_table',
            'table_fingerprint', 'cache_root', 'progress', 'matmul_params', 'forward_flops', 'train_flops']
 
 # %% ../nbs/00_core.ipynb #b0e3e95c
@@ -85,14 +85,19 @@ def fingerprint(*parts:Any, # settings (JSON-able), bytes, numpy arrays or tenso
     return h.hexdigest()[:n]
 
 # %% ../nbs/00_core.ipynb #38157d53
+def arrow_table(data, # a `datasets.Dataset` (or a `pyarrow.Table`, returned as is)
+               ):
+    "The Arrow table behind a Dataset, with any selection (`select`, `shuffle`) applied."
+    if not (hasattr(data, "data") and hasattr(data.data, "table")): return data
+    return data.data.table if data._indices is None else data.data.table.take(data._indices.column(0))
+
 def table_fingerprint(data, # a `datasets.Dataset` or a `pyarrow.Table`
                       columns:list[str]|None=None, # only these columns (default: all)
                       n:int=16, # hex characters to keep
                      )->str:
     "Content hash of a table, stable across processes (used as the data part of cache keys)."
     import pyarrow as pa
-    tbl = data.data.table if hasattr(data, "data") and hasattr(data.data, "table") else data
-    if getattr(data, "_indices", None) is not None: tbl = tbl.take(data._indices.column(0))
+    tbl = arrow_table(data)
     if columns is not None: tbl = tbl.select(columns)
     tbl = tbl.replace_schema_metadata(None)
     h = hashlib.sha256(str(tbl.schema).encode())

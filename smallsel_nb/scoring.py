@@ -18,13 +18,13 @@ from datasets import Dataset
 from fastcore.meta import delegates
 from fastcore.script import Param
 from .core import (SmallselError, cache_root, cpu_has_bf16, fingerprint, get_device, get_dtype, progress,
-                              table_fingerprint)
+                              table_fingerprint, arrow_table)
 
 # %% auto #0
 __all__ = ['SCORE_COLUMNS', 'score_per_row', 'pad_batch', 'scored_positions', 'head_nll', 'check_fast_head', 'find_prefixes',
            'assign_prefix', 'prefix_kv', 'forward_nll', 'plan_shards', 'plan_batches', 'ShardScorer', 'ShardStore',
-           'scoring_dtype', 'Ragged', 'arrow_table', 'score_tokenized', 'finalize_scores', 'model_max_length',
-           'ScoringJob', 'prepare_scoring', 'attach_scores', 'score', 'error_summary', 'cli_score']
+           'scoring_dtype', 'Ragged', 'score_tokenized', 'finalize_scores', 'model_max_length', 'ScoringJob',
+           'prepare_scoring', 'attach_scores', 'score', 'error_summary', 'cli_score']
 
 # %% ../nbs/03_scoring.ipynb #190541cb
 @torch.inference_mode()
@@ -349,10 +349,6 @@ class Ragged:
     def __getitem__(self, i): return self.values[self.offsets[i]:self.offsets[i+1]]
     @property
     def lengths(self)->np.ndarray: return np.diff(self.offsets)
-
-def arrow_table(ds:Dataset)->pa.Table:
-    "The Arrow table behind a Dataset, with any selection (`select`, `shuffle`) applied."
-    return ds.data.table if ds._indices is None else ds.data.table.take(ds._indices.column(0))
 
 # %% ../nbs/03_scoring.ipynb #519b601c
 def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)

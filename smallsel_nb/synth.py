@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from datasets import Dataset
 from datasets.table import InMemoryTable
 
-from .core import SmallselError, fingerprint
+from .core import SmallselError, fingerprint, arrow_table
 
 # %% auto #0
 __all__ = ['FAMILIES', 'FRAMES', 'KINDS', 'REAL_KINDS', 'make_noisy_instructions', 'corrupt_rows', 'make_eval_split',
@@ -419,7 +419,7 @@ def corrupt_rows(ds:Dataset, # canonical rows (instruction, input, output; other
     if isinstance(noise, bool) or not isinstance(noise, (int, float, np.floating)) or not 0 <= noise < 1:
         raise SmallselError(f"noise must be a fraction in [0, 1), got {noise!r}")
     kinds, seed = _names(kinds, REAL_KINDS, "kind"), _check_int(seed, "seed", 0)
-    tbl = (ds.flatten_indices() if ds._indices is not None else ds).data.table
+    tbl = arrow_table(ds)
     c = _real_columns(tbl)
     n, ok = len(c["output"]), np.flatnonzero(np.strings.str_len(c["output"]) >= 2)
     rng = np.random.default_rng([seed, 2])
