@@ -34,7 +34,11 @@ def scoring_tokens(ds:Dataset, # the rows scored
                    max_length:int=1024, # the max_length used for scoring
                   )->int: # tokens read by one scoring pass (conditional + unconditional views)
     "Tokens a `scoring.score` pass over `ds` reads."
-    t = arrow_table(tokenize_for_scoring(ds, tokenizer, template=template, max_length=max_length, verbose=False))
+    return _view_tokens(tokenize_for_scoring(ds, tokenizer, template=template, max_length=max_length, verbose=False))
+
+def _view_tokens(tok:Dataset)->int:
+    "Tokens in the conditional and unconditional views of tokenized rows."
+    t = arrow_table(tok)
     return int(Ragged(t["cond_ids"]).lengths.sum() + Ragged(t["uncond_ids"]).lengths.sum())
 
 @dataclass
@@ -219,6 +223,13 @@ class CompareResult:
         v = "".join(f"<li>{x}</li>" for x in self.verdict() + self.notes)
         return self.table().to_html(index=False) + (f"<ul>{v}</ul>" if v else "")
 
+    def save(self, out:str|Path, # folder for results.json, curves.png and table.md (created if missing)
+            ):
+        "Write the results, the learning curves and the table with its verdict."
+        out = Path(out); out.mkdir(parents=True, exist_ok=True)
+        self.to_json(out/"results.json"); self.plot(out/"curves.png")
+        (out/"table.md").write_text(self.table().to_html(index=False) + "\n\n" + "\n".join(f"- {v}" for v in self.verdict()) + "\n")
+
     def to_json(self, path:str|Path|None=None)->str:
         "Runs, histories, cost and verdict as JSON (and a file when `path` is given)."
         d = dict(runs=self.runs.to_dict("records"), stats=self.stats().to_dict("records"), verdict=self.verdict(),
@@ -300,10 +311,12 @@ def score_with_reference(pool:Dataset, # the noisy pool
                          max_length:int=512, # longest prompt + response
                         )->tuple: # (scored pool, scoring `Cost`)
     "Score every row with `scoring.score` and account the scoring FLOPs and time."
-    from smallsel_nb.train import _hf_quiet
+    from smallsel_nb.scoring import prepare_scoring, attach_scores, _hf_quiet
     t = time.time()
-    with _hf_quiet(): scored = score(pool, (model, tokenizer), template=template, max_length=max_length, cache_dir=False)
-    return scored, scoring_cost(model, scoring_tokens(pool, tokenizer, template, max_length), time.time() - t)
+    with _hf_quiet():  # `score`, keeping the job to count its tokens (no second tokenization)
+        job = prepare_scoring(pool, (model, tokenizer), template=template, max_length=max_length, cache_dir=False)
+        scored = attach_scores(job, job.run())
+    return scored, scoring_cost(model, _view_tokens(job.tok), time.time() - t)
 
 # %% ../nbs/06_compare.ipynb #01abf8c2
 DEMO = dict(n=2000, # rows in the noisy pool
@@ -382,9 +395,7 @@ def run_demo(full:bool=False, # three seeds and several budgets (`DEMO_FULL`) in
     res.notes.append(f"demo wall time {time.time() - t0:.0f} s, process CPU time {time.process_time() - c0:.0f} s, "
                      f"torch threads {torch.get_num_threads()}")
     if out is not None:
-        out = Path(out); out.mkdir(parents=True, exist_ok=True)
-        res.to_json(out/"results.json"); res.plot(out/"curves.png")
-        (out/"table.md").write_text(res.table().to_html(index=False) + "\n\n" + "\n".join(f"- {v}" for v in res.verdict()) + "\n")
+        res.save(out)
         res.notes.append(f"results, table and plot written to {out}/")
     return res
 
@@ -458,8 +469,6 @@ def cli_compare(config:str, # YAML file describing the grid (see the notebook fo
                   cost=cost, **tk, **(cfg.get("train") or {}))
     if cfg.get("out"):
         out = Path(cfg["out"]) if Path(cfg["out"]).is_absolute() else p.parent/cfg["out"]  # paths are relative to the config
-        out.mkdir(parents=True, exist_ok=True)
-        res.to_json(out/"results.json"); res.plot(out/"curves.png")
-        (out/"table.md").write_text(res.table().to_html(index=False) + "\n\n" + "\n".join(f"- {v}" for v in res.verdict()) + "\n")
+        res.save(out)
     print("\n" + res.summary())
     return res
