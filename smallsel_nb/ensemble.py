@@ -205,14 +205,17 @@ def rank_agreement(data, # scored rows, or an (N, K) score matrix
     else: S, names = score_matrix(data, columns), list(columns)
     K = S.shape[1]
     C = np.eye(K)
-    f = stats.spearmanr if method == "spearman" else stats.kendalltau
     for i in range(K):
-        for j in range(i + 1, K):
-            m = ~np.isnan(S[:, i]) & ~np.isnan(S[:, j])
-            a, b = S[m, i], S[m, j]
-            ok = m.sum() >= 3 and np.ptp(a) > 0 and np.ptp(b) > 0
-            C[i, j] = C[j, i] = f(a, b).statistic if ok else np.nan
+        for j in range(i + 1, K): C[i, j] = C[j, i] = _pair_corr(S[:, i], S[:, j], method)[0]
     return pd.DataFrame(C, index=names, columns=names)
+
+def _pair_corr(x:np.ndarray, y:np.ndarray, method:str)->tuple[float, int]:
+    "(rank correlation over the rows both scored, those rows); NaN below 3 rows or when one side is constant."
+    m = ~np.isnan(x) & ~np.isnan(y)
+    a, b = x[m], y[m]
+    ok = m.sum() >= 3 and np.ptp(a) > 0 and np.ptp(b) > 0
+    f = stats.spearmanr if method == "spearman" else stats.kendalltau
+    return (f(a, b).statistic if ok else np.nan), int(m.sum())
 
 def plot_agreement(corr:pd.DataFrame, # from `rank_agreement`
                    title:str|None=None, # figure title
@@ -279,11 +282,9 @@ def agreement_report(data, # the merged table
                      reference:str, # the large model's score column
                     )->pd.DataFrame: # one row per column: spearman, kendall with the reference, rows compared
     "Rank agreement of each column with the reference column (Spearman and Kendall tau-b)."
-    cols = list(columns) + [reference]
-    sp, kt = rank_agreement(data, cols, "spearman"), rank_agreement(data, cols, "kendall")
-    S = score_matrix(data, cols)
-    n = [int((~np.isnan(S[:, j]) & ~np.isnan(S[:, -1])).sum()) for j in range(len(columns))]
-    return pd.DataFrame({"spearman": sp[reference].iloc[:-1], "kendall": kt[reference].iloc[:-1], "rows": n})
+    S = score_matrix(data, list(columns) + [reference])  # only the pairs with the reference, not every pair
+    sp, kt = ([_pair_corr(S[:, j], S[:, -1], m) for j in range(len(columns))] for m in ("spearman", "kendall"))
+    return pd.DataFrame({"spearman": [c for c, _ in sp], "kendall": [c for c, _ in kt], "rows": [n for _, n in sp]}, index=list(columns))
 
 def cli_ensemble(inputs:Param("scored files, one per model (as `smallsel score` writes them); with --model, the one data file to score", str, opt=False, nargs="+"), # scored files, or with --model one data file
                  out:Param("output file, .parquet or .jsonl", str, required=True)=None, # output file, .parquet or .jsonl
