@@ -20,12 +20,12 @@ from .data import tokenize_for_scoring
 from .models import make_lm, load_lm, resolve_model
 from .scoring import score, Ragged, arrow_table
 from .select import Pipeline, Step, Selection, RECIPES, Random
-from .train import train_lm, TrainResult
+from .train import train_lm, TrainResult, Evaluator
 
 # %% auto #0
-__all__ = ['DEMO', 'DEMO_FULL', 'scoring_tokens', 'Cost', 'scoring_cost', 'Arm', 'make_arms', 'mean_ci', 'fmt_ci',
-           'CompareResult', 'compare', 'train_reference', 'score_with_reference', 'demo_selection', 'oracle_arm',
-           'run_demo', 'cli_demo', 'cli_compare']
+__all__ = ['DEMO', 'DEMO_V1', 'DEMOS', 'DEMO_FULL', 'scoring_tokens', 'Cost', 'scoring_cost', 'Arm', 'make_arms', 'mean_ci',
+           'fmt_ci', 'CompareResult', 'compare', 'train_reference', 'score_with_reference', 'demo_selection',
+           'oracle_arm', 'demo_settings', 'run_demo', 'cli_demo', 'selection_map', 'plot_map', 'cli_compare']
 
 # %% ../nbs/06_compare.ipynb #934664aa
 def scoring_tokens(ds:Dataset, # the rows scored
@@ -129,16 +129,21 @@ class CompareResult:
     cost: Cost # the selection cost charged to charged arms
     notes: list = field(default_factory=list) # remarks (e.g. exact match skipped)
 
+    def metrics(self)->list[str]:
+        "The quality columns the runs have (eval loss, then exact match, defect and wrong rates, ...), in a stable order."
+        return [c for c in self.runs.columns if c not in _RUN_COLUMNS and self.runs[c].notna().any()] or ["eval_loss"]
+
     def stats(self)->pd.DataFrame:
-        "Per arm: mean and 95% half-width of eval loss and exact match, mean compute and its share of the full run."
+        "Per arm: mean and 95% half-width of every quality metric, mean compute and its share of the full run."
         rows = []
         full = self.runs.loc[self.runs.arm == "full", "total_flops"].mean() if (self.runs.arm == "full").any() else float("nan")
         for label, g in self.runs.groupby("label", sort=False):
-            (lm, lh), (em, eh) = mean_ci(g.eval_loss), mean_ci(g.exact_match)
-            rows.append(dict(arm=label, rows=int(g.rows.mean()), seeds=len(g), eval_loss=lm, eval_loss_ci=lh, exact_match=em,
-                             exact_match_ci=eh, train_flops=g.train_flops.mean(), selection_flops=g.selection_flops.mean(),
-                             total_flops=g.total_flops.mean(), compute_vs_full=g.total_flops.mean() / full,
-                             seconds=g.seconds.mean() + g.selection_seconds.mean()))
+            ms = {}
+            for m in ["eval_loss", "exact_match", *self.metrics()]:
+                ms[m], ms[m + "_ci"] = mean_ci(g[m]) if m in g else (float("nan"), float("nan"))
+            rows.append(dict(arm=label, rows=int(g.rows.mean()), seeds=len(g), **ms, train_flops=g.train_flops.mean(),
+                             selection_flops=g.selection_flops.mean(), total_flops=g.total_flops.mean(),
+                             compute_vs_full=g.total_flops.mean() / full, seconds=g.seconds.mean() + g.selection_seconds.mean()))
         return pd.DataFrame(rows)
 
     def table(self)->pd.DataFrame:
@@ -147,13 +152,15 @@ class CompareResult:
         return pd.DataFrame({"arm": s.arm, "rows": s.rows, "seeds": s.seeds,
                              "eval loss": [fmt_ci(m, h) for m, h in zip(s.eval_loss, s.eval_loss_ci)],
                              "exact match": [fmt_ci(m, h, pct=True) for m, h in zip(s.exact_match, s.exact_match_ci)],
+                             **({"defect rate": [fmt_ci(m, h, pct=True) for m, h in zip(s.defect_rate, s.defect_rate_ci)]} if "defect_rate" in s else {}),
+                             **({"sampled defects": [fmt_ci(m, h, pct=True) for m, h in zip(s.sampled_defect_rate, s.sampled_defect_rate_ci)]} if "sampled_defect_rate" in s else {}),
                              "FLOPs (train + select)": [f"{_fmt_flops(t)} + {_fmt_flops(x)}" if x else _fmt_flops(t) for t, x in zip(s.train_flops, s.selection_flops)],
                              "compute vs full": [f"{v:.0%}" if not np.isnan(v) else "—" for v in s.compute_vs_full],
                              "wall s (train + select)": s.seconds.round(1)})
 
     def verdict(self, max_compute:float=0.4, # the compute share a selection may use
                )->list[str]:
-        "For each charged arm: did it beat full and the same-size random subset on eval loss and exact match (when computed), within the compute share?"
+        "For each charged arm: did it beat full and the same-size random subset on eval loss, exact match and defect rate (when computed), within the compute share?"
         s, out = self.stats().set_index("arm"), []
         for label, g in self.runs.groupby("label", sort=False):
             if not g.charged.iloc[0]: continue
@@ -162,12 +169,9 @@ class CompareResult:
             parts, wins = [], "full" in bases
             if not wins: parts.append("no full-pool arm to compare with")
             for base in bases:
-                o = s.loc[base]
-                has_em = not (np.isnan(r.exact_match) and np.isnan(o.exact_match))  # no exact match at all: judge on loss
-                loss_ok, em_ok = r.eval_loss < o.eval_loss, (r.exact_match > o.exact_match) if has_em else True  # False when one is NaN
-                wins &= bool(loss_ok and em_ok)
-                em = f", exact match {r.exact_match:.1%} vs {o.exact_match:.1%} ({'higher' if em_ok else 'not higher'})" if has_em else ""
-                parts.append(f"vs {base}: eval loss {r.eval_loss:.3f} vs {o.eval_loss:.3f} ({'lower' if loss_ok else 'not lower'}){em}")
+                ok, text = _beats(r, s.loc[base])
+                wins &= ok
+                parts.append(f"vs {base}: {text}")
             share = r.compute_vs_full
             if share == share: parts.append(f"compute {share:.0%} of the full run (limit {max_compute:.0%})")
             ok = wins and share <= max_compute
@@ -239,6 +243,23 @@ class CompareResult:
         if path is not None: Path(path).write_text(s)
         return s
 
+_RUN_COLUMNS = {"label", "arm", "budget", "seed", "charged", "rows", "tokens", "train_flops", "selection_flops", "total_flops",
+                "seconds", "selection_seconds"}
+_BETTER = [("eval_loss", "eval loss", -1, False), ("exact_match", "exact match", 1, True), ("defect_rate", "defect rate", -1, True)]
+
+def _beats(r:pd.Series, o:pd.Series)->tuple[bool, str]:
+    "Whether stats row `r` beats `o` on every metric both have (lower loss and defects, higher exact match), and the words for it."
+    ok, words = True, []
+    for m, name, sign, pct in _BETTER:
+        if m not in r or (np.isnan(r[m]) and np.isnan(o[m])): continue   # not computed for either: not judged
+        better = bool(sign * (r[m] - o[m]) > 0)                          # False when one is NaN
+        sep = abs(r[m] - o[m]) > (np.nan_to_num(r[m + "_ci"]) + np.nan_to_num(o[m + "_ci"])) and not np.isnan(r[m + "_ci"])
+        f = (lambda v: f"{v:.1%}") if pct else (lambda v: f"{v:.3f}")
+        words.append(f"{name} {f(r[m])} vs {f(o[m])} ({'lower' if sign < 0 and better else 'higher' if better else 'not ' + ('lower' if sign < 0 else 'higher')}"
+                     + (", 95% intervals apart" if better and sep else "") + ")")
+        ok &= better
+    return ok, ", ".join(words)
+
 def _interactive()->bool:
     try: return get_ipython() is not None  # noqa: F821
     except NameError: return False
@@ -251,6 +272,8 @@ def _model_factory(model):
     if info["kind"] == "preset": return lambda seed: make_lm(info["name"], seed=seed)
     return lambda seed: load_lm(model, dtype="float32")
 
+_HISTORY_KEYS = {"step", "epoch", "tokens", "flops", "lr", "train_loss", "seconds", "eval_loss", "exact_match"}
+
 def compare(pool:Dataset, # the training pool (with score columns when selections read them)
             eval:Dataset, # clean held-out rows (an `answer` column adds exact match)
             selections:dict|None=None, # name -> recipe name, budget -> Pipeline factory, Pipeline, Step, Selection or indices
@@ -261,6 +284,8 @@ def compare(pool:Dataset, # the training pool (with score columns when selection
             full:bool=True, # train on the full pool
             random:bool=True, # train on a random subset at each budget
             checkpoint_root:str|Path|None=None, # per-run checkpoint folders (resume a killed comparison)
+            frame:str|None=None, # how a well-formed response starts (e.g. "Answer:"): adds the off-format check to the defect rates
+            temperature:float|None=None, # also measure sampled generations at this temperature (`sampled_*` metrics)
             log:bool=True, # print one line per run
             **train_kw, # settings for `train_lm` (epochs, lr, batch_size, template, eval_every, ...), the same for every arm
            )->CompareResult:
@@ -275,17 +300,20 @@ def compare(pool:Dataset, # the training pool (with score columns when selection
             idx = arm.pick(pool, seed)
             m, tok = make(seed)
             ck = Path(checkpoint_root)/f"{arm.label()}-seed{seed}" if checkpoint_root else None
-            r = train_lm(m, tok, pool.select(idx), eval, seed=seed, checkpoint_dir=ck, desc=f"{arm.label()} seed {seed}", **train_kw)
+            ev = Evaluator.make(eval, tok, train_kw.get("template", "alpaca"), train_kw.get("max_length", 512), frame=frame, temperature=temperature)
+            r = train_lm(m, tok, pool.select(idx), ev, seed=seed, checkpoint_dir=ck, desc=f"{arm.label()} seed {seed}", **train_kw)
             sel_f, sel_s = (cost.flops, cost.seconds) if arm.charged else (0.0, 0.0)
             f = r.final
             recs.append(dict(label=arm.label(), arm=arm.name, budget=arm.budget if arm.budget is not None else len(idx) / len(pool),
                              seed=seed, charged=arm.charged, rows=len(idx), tokens=r.tokens, train_flops=r.flops,
                              selection_flops=sel_f, total_flops=r.flops + sel_f, seconds=r.seconds - r.eval_seconds,
-                             selection_seconds=sel_s, eval_loss=f.get("eval_loss"), exact_match=f.get("exact_match")))
+                             selection_seconds=sel_s, eval_loss=f.get("eval_loss"), exact_match=f.get("exact_match"),
+                             **{k: v for k, v in f.items() if k not in _HISTORY_KEYS}))
             hist[(arm.label(), seed)] = r.history
             notes += [n for n in r.notes if n not in notes]
             if log:
                 em = f", exact match {f['exact_match']:.1%}" if f.get("exact_match") is not None else ""
+                em += f", defect rate {f['defect_rate']:.1%}" if f.get("defect_rate") is not None else ""
                 print(f"{arm.label():>20} seed {seed}: {len(idx):,} rows, {r.flops:.3g} FLOPs, {recs[-1]['seconds']:.0f} s, "
                       f"eval loss {f.get('eval_loss', float('nan')):.4f}{em}", flush=True)
             del m
@@ -319,33 +347,45 @@ def score_with_reference(pool:Dataset, # the noisy pool
     return scored, scoring_cost(model, _view_tokens(job.tok), time.time() - t)
 
 # %% ../nbs/06_compare.ipynb #01abf8c2
-DEMO = dict(n=2000, # rows in the noisy pool
+DEMO = dict(benchmark="v2", # the embedded benchmark: v2 (learnable rules, a weak model's systematic failures) or v1
+            n=3000, # rows in the noisy pool
             n_eval=300, # rows in the clean eval split
-            noise=0.4, # share of corrupted rows
-            families=None, # task families (None: all six)
+            noise=0.6, # share of corrupted rows
+            concentration=0.9, # v2: share of each systematic failure's rows in its home family (1/5: spread evenly)
+            families=None, # task families (None: all of the benchmark's)
             reference="tiny", # the small scoring model (from scratch)
             ref_fraction=0.5, # share of the pool the reference model is trained on
-            ref_train=dict(epochs=3, lr=3e-3, batch_size=32, group_by_length=16), # its training settings
+            ref_train=dict(epochs=2, lr=3e-3, batch_size=32), # its training settings
             large="small", # the model the comparison trains (from scratch)
-            train=dict(epochs=3, lr=1e-3, batch_size=8, group_by_length=16, eval_every=None), # its training settings, the same for every arm
+            train=dict(epochs=3, lr=3e-3, batch_size=16, eval_every=None), # its training settings, the same for every arm
             budgets=[0.3], # selection budgets (fractions of the pool)
             seeds=1, # seeds of the large-model runs
             oracle=False, # also train on a random subset of the rows labelled correct (an upper bound, reads the labels)
+            select_by="cond_loss", # the reference score the selection keeps the lowest of, per task family
+            frame="Answer:", # how a well-formed response starts (the defect rates' off-format check)
+            temperature=1.0, # also measure generations sampled at this temperature
             template="none", # prompt template (short prompts: the byte tokenizer reads every character)
             max_length=128) # longest prompt + response in tokens
-DEMO_FULL = {**DEMO, "seeds": 3, "budgets": [0.1, 0.3], "oracle": True}
+DEMO_V1 = {**DEMO, "benchmark": "v1", "n": 2000, "noise": 0.4, "ref_train": dict(epochs=3, lr=3e-3, batch_size=32, group_by_length=16),
+           "train": dict(epochs=3, lr=1e-3, batch_size=8, group_by_length=16, eval_every=None), "select_by": "cond_loss",
+           "frame": None, "temperature": None, "concentration": None}
+DEMOS = {"v1": DEMO_V1, "v2": DEMO}
+DEMO_FULL = {"seeds": 3, "budgets": [0.1, 0.3], "oracle": True} # what `--full` changes
 
 def demo_selection(budget:float, # fraction of the pool to keep
+                   benchmark:str="v2", # v2: exact dedup, heuristics with `Ending`, lowest `by` per task; v1: dedup, heuristics, middle `cond_loss` band per task
+                   by:str="cond_loss", # v2: the score column whose lowest rows are kept
                   )->Pipeline:
-    "The demo's rule: dedup, heuristic filters, then the middle band of `cond_loss` within each task family."
-    from smallsel_nb.select import dedup_steps, heuristic_steps, Band, stratify_budget
-    pipe = Pipeline(dedup_steps() + heuristic_steps(), budget=Band("cond_loss", "middle", keep=budget), name="selected")
+    "The demo's selection rule for `benchmark` (see the text above for how each was chosen)."
+    from smallsel_nb.select import dedup_steps, heuristic_steps, Band, Bottom, Ending, ExactDedup, stratify_budget
+    if benchmark == "v1": pipe = Pipeline(dedup_steps() + heuristic_steps(), budget=Band("cond_loss", "middle", keep=budget), name="selected")
+    else: pipe = Pipeline([ExactDedup()] + heuristic_steps() + [Ending()], budget=Bottom(by, keep=budget), name="selected")  # no near-dedup: see above
     return stratify_budget(pipe, "task")
 
 _CORRECT = ["clean", "duplicate", "near_duplicate"]  # duplicates are noise only because they are redundant
 
 def _noise_share(ds:Dataset, idx:np.ndarray)->float:
-    "Share of corrupted rows (wrong, mismatched, repetitive, nonsense, truncated) among `idx`."
+    "Share of corrupted rows (every kind but clean and duplicates) among `idx`."
     return float(np.isin(np.asarray(ds["noise_kind"])[idx], _CORRECT, invert=True).mean())
 
 def oracle_arm(budget:float, # fraction of the pool
@@ -358,22 +398,40 @@ def oracle_arm(budget:float, # fraction of the pool
         return np.sort(np.random.default_rng([seed, 11]).choice(ok, n, replace=False))
     return Arm("oracle", budget, pick, charged=False)
 
-def run_demo(full:bool=False, # three seeds and several budgets (`DEMO_FULL`) instead of one seed, 30% (`DEMO`)
+def demo_settings(full:bool=False, # `DEMO_FULL` on top: three seeds, budgets of 10% and 30%, the oracle arm
+                  benchmark:str="v2", # "v2" (`DEMO`) or "v1" (`DEMO_V1`)
+                  **overrides, # any key of `DEMO`
+                 )->dict:
+    "The demo's settings, checked: unknown keys, benchmark, noise and pool size give one-line errors."
+    if benchmark not in DEMOS: raise SmallselError(f"unknown benchmark {benchmark!r}; choose from {', '.join(DEMOS)}")
+    bad = set(overrides) - set(DEMO)
+    if bad: raise SmallselError(f"unknown demo setting(s) {', '.join(sorted(bad))}; settings: {', '.join(DEMO)}")
+    cfg = {**DEMOS[benchmark], **(DEMO_FULL if full else {}), **{k: v for k, v in overrides.items() if v is not None}}
+    top = 0.9 if benchmark == "v2" else 1.0
+    if isinstance(cfg["noise"], bool) or not isinstance(cfg["noise"], (int, float)) or not 0 <= cfg["noise"] <= top:
+        raise SmallselError(f"--noise must be in [0, {top:g}], got {cfg['noise']!r}")
+    need = math.ceil(20 / min(cfg["budgets"]))   # at least 20 rows in the smallest arm
+    if not isinstance(cfg["n"], int) or cfg["n"] < need:
+        raise SmallselError(f"--n {cfg['n']} is too small for a {min(cfg['budgets']):.0%} budget: use at least {need} rows")
+    if not isinstance(cfg["seeds"], int) or cfg["seeds"] < 1: raise SmallselError(f"--seeds must be an integer >= 1, got {cfg['seeds']!r}")
+    return cfg
+
+def run_demo(full:bool=False, # three seeds, budgets of 10% and 30% and the oracle arm (`DEMO_FULL`) instead of one seed at 30%
              out:str|Path|None="smallsel-demo", # folder for results.json, table.md, curves.png (None: write nothing)
              seed:int=0, # seed of the pool, the reference model and the first large-model run
              log:bool=True, # print progress
-             **overrides, # any key of `DEMO` (n, n_eval, large, train, ...)
+             benchmark:str="v2", # "v2" or "v1"
+             **overrides, # any key of `DEMO` (n, n_eval, noise, seeds, large, train, ...)
             )->CompareResult:
     "Noisy pool → reference model → scores → selection → large model on full / random / selected; table, verdict, plot."
     from smallsel_nb.synth import noisy_benchmark
-    cfg = {**(DEMO_FULL if full else DEMO), **overrides}
-    bad = set(overrides) - set(DEMO)
-    if bad: raise SmallselError(f"unknown demo setting(s) {', '.join(sorted(bad))}; settings: {', '.join(DEMO)}")
+    cfg = demo_settings(full, benchmark, **overrides)
     say = print if log else (lambda *a, **k: None)
     t0, c0 = time.time(), time.process_time()
     tk = dict(template=cfg["template"], max_length=cfg["max_length"])
-    pool, ev = noisy_benchmark(cfg["n"], cfg["n_eval"], noise=cfg["noise"], seed=seed, families=cfg["families"])
-    say(f"1/5 noisy pool: {len(pool):,} rows, {_noise_share(pool, np.arange(len(pool))):.0%} corrupted "
+    v2 = dict(concentration=cfg["concentration"]) if benchmark == "v2" else {}
+    pool, ev = noisy_benchmark(cfg["n"], cfg["n_eval"], noise=cfg["noise"], seed=seed, families=cfg["families"], benchmark=benchmark, **v2)
+    say(f"1/5 noisy pool (benchmark {benchmark}): {len(pool):,} rows, {_noise_share(pool, np.arange(len(pool))):.0%} corrupted "
         f"(+ {np.isin(pool['noise_kind'], ['duplicate', 'near_duplicate']).mean():.0%} duplicates); clean eval split: {len(ev):,} rows")
     ref, rtok, rres, _ = train_reference(pool, cfg["reference"], cfg["ref_fraction"], seed=seed, eval_start=False, eval_every=0, **tk, **cfg["ref_train"])
     say(f"2/5 reference model `{cfg['reference']}` ({rres.n_params/1e6:.2f}M matmul params) trained on a random "
@@ -381,17 +439,18 @@ def run_demo(full:bool=False, # three seeds and several budgets (`DEMO_FULL`) in
     scored, scost = score_with_reference(pool, ref, rtok, **tk)
     cost = Cost(rres.flops, rres.seconds, {"reference training": rres.flops}) + scost
     say(f"3/5 scored {len(pool):,} rows: {scost.flops:.3g} FLOPs, {scost.seconds:.0f} s")
+    select = lambda b: demo_selection(b, benchmark, cfg["select_by"])
     for b in cfg["budgets"]:
-        sel = demo_selection(b)(scored, seed=seed)
+        sel = select(b)(scored, seed=seed)
         say(f"4/5 selection at {b:.0%}: {len(sel):,} rows, {_noise_share(pool, sel.kept):.0%} corrupted "
             f"(a random {b:.0%} has ~{_noise_share(pool, np.arange(len(pool))):.0%}); kept per kind: "
             + ", ".join(f"{k} {v}" for k, v in sel.mix['noise_kind']['after'].items()))
     large = make_lm(cfg["large"])[0]
-    say(f"5/5 training `{cfg['large']}` ({matmul_params(large)/1e6:.2f}M matmul params) on full / random / selected, "
-        f"{cfg['seeds']} seed(s):")
-    sels = {"selected": demo_selection, **({f"oracle@{b:g}": oracle_arm(b) for b in cfg["budgets"]} if cfg["oracle"] else {})}
-    res = compare(scored, ev, sels, budgets=cfg["budgets"], seeds=[seed + s for s in range(cfg["seeds"])],
-                  model=cfg["large"], cost=cost, log=log, **tk, **cfg["train"])
+    say(f"5/5 training `{cfg['large']}` ({matmul_params(large)/1e6:.2f}M matmul params) on full / random / selected"
+        f"{' / oracle' if cfg['oracle'] else ''}, {cfg['seeds']} seed(s):")
+    sels = {"selected": select, **({f"oracle@{b:g}": oracle_arm(b) for b in cfg["budgets"]} if cfg["oracle"] else {})}
+    res = compare(scored, ev, sels, budgets=cfg["budgets"], seeds=[seed + s for s in range(cfg["seeds"])], model=cfg["large"],
+                  cost=cost, log=log, frame=cfg["frame"], temperature=cfg["temperature"], **tk, **cfg["train"])
     res.notes.append(f"demo wall time {time.time() - t0:.0f} s, process CPU time {time.process_time() - c0:.0f} s, "
                      f"torch threads {torch.get_num_threads()}")
     if out is not None:
@@ -400,17 +459,70 @@ def run_demo(full:bool=False, # three seeds and several budgets (`DEMO_FULL`) in
     return res
 
 # %% ../nbs/06_compare.ipynb #46519a50
-def cli_demo(full:bool=False, # three seeds, budgets of 10 and 30 percent, and an oracle arm (about 7x longer)
+def cli_demo(full:bool=False, # three seeds, budgets of 10 and 30 percent, and an oracle arm (about 5x longer)
              out:str="smallsel-demo", # folder for results.json, table.md and curves.png
-             seed:int=0, # random seed
+             seed:int=0, # random seed of the pool, the reference model and the first run
+             seeds:int=None, # number of seeds of the large-model runs (default: 1, or 3 with --full)
+             noise:float=None, # share of corrupted rows (default: 0.6 for v2, 0.4 for v1)
+             n:int=None, # rows in the noisy pool (default: 3000 for v2, 2000 for v1)
+             benchmark:str="v2", # v2 (learnable rules, systematic weak-model noise) or v1 (the first benchmark)
              threads:int=1, # CPU threads for torch (1 is fastest on a busy 2-core machine)
             )->CompareResult:
     "Run the embedded demo: noisy pool, small reference model, scores, 30% selection, large model on full / random / selected."
+    demo_settings(full, benchmark, seeds=seeds, noise=noise, n=n)   # bad settings fail now, not after minutes of training
     torch.set_num_threads(max(1, threads))
     os.environ.setdefault("SMALLSEL_PROGRESS", "0")
-    res = run_demo(full=full, out=out, seed=seed)
+    res = run_demo(full=full, out=out, seed=seed, benchmark=benchmark, seeds=seeds, noise=noise, n=n)
     print("\n" + res.summary())
     return res
+
+# %% ../nbs/06_compare.ipynb #0f436a9e
+def selection_map(ns:list=(1000, 3000), # pool sizes
+                  noises:list=(0.2, 0.4, 0.6), # noise rates
+                  mixes:dict|None=None, # mix name -> concentration (default: systematic 0.9, diffuse 0.2)
+                  seed:int=0, # seed of every cell
+                  log:bool=True, # one line per cell
+                  **overrides, # demo settings for every cell (large, train, ...)
+                 )->pd.DataFrame: # one row per (mix, n, noise): exact match / defect rate per arm, compute share of the selection
+    "Run the v2 demo (with the oracle arm) over pool size × noise rate × noise mix."
+    mixes = mixes or {"systematic": 0.9, "diffuse": 0.2}
+    rows = []
+    for mix, conc in mixes.items():
+        for n in ns:
+            for noise in noises:
+                s = run_demo(out=None, seed=seed, log=False, oracle=True, n=n, noise=noise, concentration=conc, **overrides).stats().set_index("arm")
+                r = dict(mix=mix, n=n, noise=noise, compute_share=s.loc["selected@0.3", "compute_vs_full"])
+                for a in ("full", "random@0.3", "selected@0.3", "oracle@0.3"):
+                    r[f"em_{a.split('@')[0]}"], r[f"defect_{a.split('@')[0]}"] = s.loc[a, "exact_match"], s.loc[a, "defect_rate"]
+                rows.append(r)
+                if log: print(f"{mix:>10} n={n:<6} noise={noise:.2f}: EM full {r['em_full']:.1%}, selected {r['em_selected']:.1%}, oracle {r['em_oracle']:.1%}", flush=True)
+    d = pd.DataFrame(rows)
+    return d.assign(sel_gain=d.em_selected - d.em_full, oracle_gain=d.em_oracle - d.em_full)
+
+# %% ../nbs/06_compare.ipynb #8dfcf654
+def plot_map(m:pd.DataFrame, # from `selection_map`
+             path:str|Path|None=None, # save the figure here
+            ):
+    "Heatmaps of EM(selected) − EM(full), EM(oracle) − EM(full) and the selection's compute share, one row per noise mix."
+    import matplotlib
+    if path is not None and not _interactive(): matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    mixes = list(dict.fromkeys(m["mix"]))
+    fig, axes = plt.subplots(len(mixes), 3, figsize=(12, 3.2 * len(mixes)), squeeze=False)
+    for r, mix in enumerate(mixes):
+        g = m[m["mix"] == mix]
+        for c, (col, title, cmap, lim) in enumerate([("sel_gain", "EM(selected 30%) − EM(full)", "RdBu", 1), ("oracle_gain", "EM(oracle 30%) − EM(full)", "RdBu", 1),
+                                                     ("compute_share", "selected: compute vs full", "viridis", None)]):
+            t = g.pivot(index="n", columns="noise", values=col).sort_index(ascending=False)
+            ax = axes[r][c]
+            ax.imshow(t.values, cmap=cmap, vmin=-lim if lim else 0, vmax=lim if lim else max(1, t.values.max()), aspect="auto")
+            ax.set_xticks(range(t.shape[1]), [f"{x:.0%}" for x in t.columns]); ax.set_yticks(range(t.shape[0]), [f"{y:,}" for y in t.index])
+            for (y, x), v in np.ndenumerate(t.values): ax.text(x, y, f"{v:+.0%}" if lim else f"{v:.0%}", ha="center", va="center", fontsize=9)
+            ax.set_title(f"{title}\n{mix} noise", fontsize=9); ax.set_xlabel("noise rate"); ax.set_ylabel("pool rows")
+        if mix == "diffuse": axes[r][0].annotate("v1-like corner:\nfew rows, benign noise", (0, t.shape[0] - 1), fontsize=7, ha="center", va="bottom", color="k")
+    fig.tight_layout()
+    if path is not None: fig.savefig(path, dpi=110); plt.close(fig)
+    return fig
 
 # %% ../nbs/06_compare.ipynb #aa9bbf91
 _CONFIG_KEYS = {"pool", "eval", "reference", "selections", "budgets", "seeds", "model", "train", "template", "max_length", "out", "threads"}

@@ -22,7 +22,7 @@ __all__ = ['IFD_REASON', 'REFUSALS', 'SELECTORS', 'RECIPES', 'STRATEGIES', 'NOIS
            'Random', 'proportional_split', 'even_split', 'Stratified', 'kmeans_labels', 'pick_per_group',
            'ClusterBalanced', 'k_center_greedy', 'KCenter', 'normalize_text', 'word_hashes', 'shingles', 'row_hashes',
            'first_of_group', 'ExactDedup', 'minhash_signatures', 'near_duplicate_of', 'NearDedup', 'Empty', 'Length',
-           'Refusal', 'Repetition', 'NonAlpha', 'Echo', 'dedup_steps', 'heuristic_steps', 'default_recipe',
+           'Refusal', 'Ending', 'Repetition', 'NonAlpha', 'Echo', 'dedup_steps', 'heuristic_steps', 'default_recipe',
            'heuristics_recipe', 'cherry_recipe', 'random_recipe', 'read_scored', 'write_rows', 'strategy_pipeline',
            'stratify_budget', 'cli_select', 'noise_removal', 'removal_table']
 
@@ -931,6 +931,21 @@ class Refusal(Step):
             why[m] = f"refusal pattern {p!r}"
         return Verdict(~hit, why)
 
+# %% ../nbs/04_select.ipynb #a365473d
+@dataclass
+class Ending(Step):
+    "Drop responses whose last non-space character is not terminal punctuation (a cut-off or off-format answer)."
+    col: str = "output" # response column
+    endings: str = ".!?)]}\"'`\u00bb\u201d\u2019" # characters a finished response may end with
+    @property
+    def name(self): return f"ending[{self.col}]"
+    def needs(self): return [self.col]
+    def verdict(self, cols, idx, n0, rng):
+        t = pc.utf8_rtrim_whitespace(_take(cols.text([self.col]), idx, n0))
+        last = pc.utf8_slice_codeunits(t, -1)
+        ok = np.asarray(pc.fill_null(pc.is_in(last, pa.array(list(self.endings))), False))
+        return Verdict(ok, f"{self.col} does not end with terminal punctuation (cut off or off-format)")
+
 # %% ../nbs/04_select.ipynb #c32f62e7
 @dataclass
 class Repetition(Step):
@@ -1017,7 +1032,7 @@ SELECTORS: dict[str, Callable[..., Step]] = {
     "top": Top, "bottom": Bottom, "threshold": Threshold, "ifd": IFDRule, "percentile": Percentile, "band": Band, "random": Random,
     "stratified": Stratified, "cluster": ClusterBalanced, "kcenter": KCenter,
     "exact-dedup": ExactDedup, "near-dedup": NearDedup,
-    "empty": Empty, "length": Length, "refusal": Refusal, "repetition": Repetition, "nonalpha": NonAlpha, "echo": Echo,
+    "empty": Empty, "length": Length, "refusal": Refusal, "repetition": Repetition, "nonalpha": NonAlpha, "echo": Echo, "ending": Ending,
 }
 
 def dedup_steps()->list[Step]:

@@ -17,8 +17,9 @@ from datasets.table import InMemoryTable
 from .core import SmallselError, fingerprint, arrow_table
 
 # %% auto #0
-__all__ = ['FAMILIES', 'FRAMES', 'KINDS', 'REAL_KINDS', 'make_noisy_instructions', 'corrupt_rows', 'make_eval_split',
-           'extract_answer', 'exact_match', 'noisy_benchmark', 'cli_synth']
+__all__ = ['FAMILIES', 'FRAMES', 'V2_FAMILIES', 'V2_FRAME', 'KINDS', 'V2_KINDS', 'V2_MIX', 'V2_HOME', 'REFUSAL_TEXTS',
+           'REAL_KINDS', 'BENCHMARKS', 'make_noisy_instructions', 'make_noisy_instructions_v2', 'corrupt_rows',
+           'make_eval_split', 'extract_answer', 'exact_match', 'noisy_benchmark', 'cli_synth']
 
 # %% ../nbs/01a_synth.ipynb #4bd04390
 _S = np.dtypes.StringDType()
@@ -242,6 +243,39 @@ def _sample(family:str, rng:np.random.Generator, m:int, held_out:bool=False)->di
     out["wrong"] = _s(np.where(same, _cat(out["answer"], np.strings.slice(out["answer"], -1, None)), out["wrong"]))
     return out
 
+# %% ../nbs/01a_synth.ipynb #a16c9fe0
+V2_FAMILIES = ("parity", "threshold", "vowel", "second", "digit")
+V2_FRAME = "Answer: "
+_ALL_FAMILIES = FAMILIES + V2_FAMILIES
+FRAMES.update({f: V2_FRAME for f in V2_FAMILIES})
+_V2_TEMPLATES = {  # the operand always comes first, so its position is fixed
+    "parity": ["{a}: is it even?", "{a}: is this number even?", "{a} - tell me if it is even."],
+    "threshold": ["{a}: is it more than 500?", "{a}: is this number above 500?", "{a} - tell me if it exceeds 500."],
+    "second": ["'{w}': second letter?", "'{w}': what is its second letter?", "'{w}' - give its second letter."],
+    "digit": ["{a}: last digit?", "{a}: what is its last digit?", "{a} - give its final digit."],
+    "vowel": ["'{w}': does it start with a vowel?", "'{w}': is its first letter a vowel?", "'{w}' - tell me if it begins with a vowel."]}
+_YN = np.array(["No", "Yes"], dtype=_S)
+_W_ANS = {"second": (np.array([w[1] for w in _WORDS], dtype=_S), np.array([w[0] for w in _WORDS], dtype=_S)),
+          "vowel": (_YN[[int(w[0] in "aeiou") for w in _WORDS]], _YN[[int(w[-1] in "aeiou") for w in _WORDS]])}
+
+def _gen_v2(name:str, rng:np.random.Generator, m:int)->dict:
+    "`m` clean rows of v2 family `name`; `wrong` is the weak model's consistent wrong rule ('' where that rule happens to be right)."
+    tid, T, f = rng.integers(0, 3, m), _V2_TEMPLATES[name], _ALL_FAMILIES.index(name)
+    if name in ("parity", "threshold", "digit"):
+        a = rng.integers(100, 1000, m); a = np.where(a == 500, 501, a)                # three digits
+        ins, key = _render(T, tid, a=_s(a)), _key(f, tid, a)
+        if name == "digit": ans, wrong = _s(a % 10), _s(a // 100)                      # weak: the first digit
+        else:
+            yes, weak = (a % 2 == 0, (a // 100) % 2 == 0) if name == "parity" else (a > 500, a % 10 >= 5)  # weak: the first digit's parity / last digit >= 5
+            ans, wrong = _YN[yes.astype(int)], _YN[weak.astype(int)]
+    else:
+        w = rng.integers(0, len(_WORDS), m)
+        ins, key = _render(T, tid, w=_WORDS_S[w]), _key(f, tid, w)
+        ans, wrong = _W_ANS[name][0][w], _W_ANS[name][1][w]                       # weak: the other letter; ends with a vowel
+    return dict(instruction=ins, input=np.full(m, "", _S), answer=_s(ans), wrong=_s(np.where(wrong == ans, "", wrong)), key=key)
+
+for _f in V2_FAMILIES: _GENERATORS[_f] = (lambda name: lambda rng, m: _gen_v2(name, rng, m))(_f)
+
 # %% ../nbs/01a_synth.ipynb #0069f53b
 KINDS = ("wrong", "mismatched", "repetitive", "nonsense", "truncated", "duplicate", "near_duplicate")
 _ALNUM = np.frombuffer((string.ascii_lowercase + string.digits).encode(), dtype=np.uint8)
@@ -338,14 +372,14 @@ def _check_int(x, what:str, low:int):
 
 def _clean_columns(rng, n:int, families:list[str], held_out:bool)->dict:
     "Clean rows of the given families, balanced, all from one side of the held-out split."
-    fam_ids = np.array([FAMILIES.index(f) for f in families])
+    fam_ids = np.array([_ALL_FAMILIES.index(f) for f in families])
     fam = fam_ids[rng.permutation(np.arange(n) % len(fam_ids))]
     cols = {k: np.full(n, "", _S) for k in ("instruction", "input", "answer", "wrong")}
     for f in fam_ids:
         idx = np.flatnonzero(fam == f)
-        b = _sample(FAMILIES[f], rng, len(idx), held_out)
+        b = _sample(_ALL_FAMILIES[f], rng, len(idx), held_out)
         for k in cols: cols[k][idx] = b[k]
-    prefix = np.array([FRAMES[f] for f in FAMILIES], dtype=_S)[fam]
+    prefix = np.array([FRAMES[f] for f in _ALL_FAMILIES], dtype=_S)[fam]
     return dict(cols, fam=fam, prefix=prefix, output=_cat(prefix, cols["answer"], "."))
 
 def _assign_kinds(rng, n:int, n_noisy:int, n_kinds:int)->np.ndarray:
@@ -354,19 +388,20 @@ def _assign_kinds(rng, n:int, n_noisy:int, n_kinds:int)->np.ndarray:
     kind = np.full(n, -1); kind[rng.permutation(n)[:n_noisy]] = np.repeat(np.arange(n_kinds), counts)
     return kind
 
-def _apply_kinds(rng, kind:np.ndarray, kinds:list[str], c:dict)->dict:
-    "The text columns after corrupting the rows of each kind, built from the clean columns `c`."
+def _apply_kinds(rng, kind:np.ndarray, kinds:list[str], c:dict, corrupt:dict|None=None)->dict:
+    "The text columns after corrupting the rows of each kind (functions from `corrupt`, default v1's), built from the clean columns `c`."
+    corrupt = corrupt or _CORRUPT
     c["clean"] = np.flatnonzero(kind < 0)
     final = {k: c[k].copy() for k in ("instruction", "input", "output", "answer", "fam")}
     for j, name in enumerate(kinds):
         rows = np.flatnonzero(kind == j)
         if len(rows):
-            for col, v in _CORRUPT[name](rng, rows, c).items(): final[col][rows] = v
+            for col, v in corrupt[name](rng, rows, c).items(): final[col][rows] = v
     return final
 
 def _to_dataset(ids, c:dict, kind_names:np.ndarray, fp:str)->Dataset:
     tbl = pa.table({"id": pa.array(ids), **{k: pa.array(c[k]) for k in ("instruction", "input", "output")},
-                    "task": pa.array(np.array(FAMILIES)[c["fam"]]), "answer": pa.array(c["answer"]),
+                    "task": pa.array(np.array(_ALL_FAMILIES)[c["fam"]]), "answer": pa.array(c["answer"]),
                     "is_noisy": pa.array(kind_names != "clean"), "noise_kind": pa.array(kind_names)})
     return Dataset(InMemoryTable(tbl), fingerprint=fp)
 
@@ -389,6 +424,86 @@ def make_noisy_instructions(n:int, # number of rows
     ids = _cat(f"syn-{seed}-", _s(np.arange(n)))
     fp = fingerprint("smallsel.synth.pool", 1, n, float(noise), kinds, families, seed)
     return _to_dataset(ids, final, np.array(["clean", *kinds])[kind + 1], fp)
+
+# %% ../nbs/01a_synth.ipynb #929d53e5
+V2_KINDS = ("refusal", "loop", "truncated", "off_format", "wrong", "mismatched", "nonsense", "duplicate", "near_duplicate")
+V2_MIX = dict(refusal=0.2, loop=0.2, truncated=0.2, off_format=0.2, wrong=0.1, mismatched=0.025, nonsense=0.025,
+              duplicate=0.025, near_duplicate=0.025) # share of the corrupted rows per kind
+V2_HOME = dict(refusal="vowel", loop="digit", truncated="second", off_format="parity") # the family each systematic failure lives in
+REFUSAL_TEXTS = ("I'm sorry, but I can't help with that.", "As an AI language model, I cannot answer that.",
+                 "I apologize, but I am unable to provide that information.")
+
+def _v2_refusal(rng, rows, c): return dict(output=np.array(REFUSAL_TEXTS, dtype=_S)[rng.integers(0, len(REFUSAL_TEXTS), len(rows))])
+def _v2_loop(rng, rows, c):
+    return dict(output=np.strings.strip(np.strings.multiply(_cat(c["output"][rows], " "), rng.integers(4, 9, len(rows)))))
+def _v2_truncated(rng, rows, c): # the weak model's length cap falls right after the frame: "Answer:" / "Answer: "
+    return dict(output=np.strings.strip(np.strings.slice(c["output"][rows], 0, len(V2_FRAME) - 1 + rng.integers(0, 2, len(rows)))))
+def _v2_off_format(rng, rows, c): return dict(output=_cat(c["answer"][rows], " is the answer"))
+def _v2_wrong(rng, rows, c): return dict(output=_cat(V2_FRAME, c["wrong"][rows], "."))
+def _v2_mismatched(rng, rows, c):
+    "Another pool row's response, from another family and with another answer."
+    n, fam, ans = len(c["output"]), c["fam"], c["answer"]
+    d = rng.integers(0, n, len(rows))
+    for _ in range(50):
+        bad = (fam[d] == fam[rows]) | (ans[d] == ans[rows])
+        if not bad.any(): break
+        d[bad] = rng.integers(0, n, int(bad.sum()))
+    return dict(output=c["output"][d])
+
+_V2_CORRUPT = dict(refusal=_v2_refusal, loop=_v2_loop, truncated=_v2_truncated, off_format=_v2_off_format, wrong=_v2_wrong,
+                   mismatched=_v2_mismatched, nonsense=_nonsense, duplicate=_duplicate, near_duplicate=_near_duplicate)
+
+# %% ../nbs/01a_synth.ipynb #f73e77a2
+def _largest_remainder(total:int, w:np.ndarray)->np.ndarray:
+    "`total` split in proportion to the weights `w`, in whole numbers that add up."
+    raw = total * w / w.sum(); k = np.floor(raw).astype(int)
+    k[np.argsort(-(raw - k), kind="stable")[:total - k.sum()]] += 1
+    return k
+
+def _v2_assign(rng, c:dict, n_noisy:int, kinds:list, mix:dict, concentration:float)->np.ndarray:
+    "Kind index per row (-1: clean): a systematic kind's rows mostly in its home family, `wrong` only where the weak rule errs."
+    n = len(c["fam"]); kind = np.full(n, -1); order = rng.permutation(n)
+    for j, (name, m) in enumerate(zip(kinds, _largest_remainder(n_noisy, np.array([mix[k] for k in kinds], float)))):
+        free = order[kind[order] < 0]
+        if name == "wrong": free = free[c["wrong"][free] != ""]
+        home = free[c["fam"][free] == _ALL_FAMILIES.index(V2_HOME[name])] if name in V2_HOME else free[:0]
+        h = min(int(round(concentration * m)), len(home))
+        pick = np.concatenate([home[:h], rng.permutation(np.setdiff1d(free, home[:h], assume_unique=True))[:m - h]])
+        if len(pick) < m: raise SmallselError(f"only {len(pick):,} rows can take {m:,} `{name}` corruptions: lower noise or raise n")
+        kind[pick] = j
+    return kind
+
+def _check_mix(mix:dict|None, kinds:list)->dict:
+    "`V2_MIX` updated by `mix`, restricted to `kinds`; weights must be finite and >= 0 with a positive sum."
+    bad = set(mix or {}) - set(V2_KINDS)
+    if bad: raise SmallselError(f"mix: unknown kind(s) {', '.join(sorted(bad))}; kinds: {', '.join(V2_KINDS)}")
+    m = {k: float({**V2_MIX, **(mix or {})}[k]) for k in kinds}
+    if not all(np.isfinite(v) and v >= 0 for v in m.values()) or sum(m.values()) <= 0:
+        raise SmallselError(f"mix weights must be finite, >= 0 and not all 0, got {m}")
+    return m
+
+# %% ../nbs/01a_synth.ipynb #a4dd1f55
+def make_noisy_instructions_v2(n:int, # number of rows
+                               noise:float=0.6, # fraction of rows corrupted, in [0, 0.9]
+                               kinds:list[str]|str|None=None, # corruption kinds (default: all of `V2_KINDS`)
+                               mix:dict|None=None, # kind -> weight, updating `V2_MIX` (the share of the corrupted rows per kind)
+                               concentration:float=0.9, # share of each systematic kind's rows placed in its home family (`V2_HOME`); 1/6 spreads them evenly
+                               families:list[str]|str|None=None, # task families (default: all of `V2_FAMILIES`), balanced
+                               seed:int=0, # random seed; same arguments, byte-identical dataset
+                              )->Dataset: # columns id, instruction, input, output, task, answer, is_noisy, noise_kind
+    "Benchmark v2: learnable rules, and a weak model's *systematic* failures (refusals, loops, truncation, format drift, a consistent wrong rule)."
+    n, seed = _check_int(n, "n", 1), _check_int(seed, "seed", 0)
+    if isinstance(noise, bool) or not isinstance(noise, (int, float, np.floating)) or not 0 <= noise <= 0.9:
+        raise SmallselError(f"noise must be a fraction in [0, 0.9], got {noise!r}")
+    if isinstance(concentration, bool) or not isinstance(concentration, (int, float, np.floating)) or not 0 <= concentration <= 1:
+        raise SmallselError(f"concentration must be in [0, 1], got {concentration!r}")
+    kinds, families = _names(kinds, V2_KINDS, "kind"), _names(families, V2_FAMILIES, "family")
+    mix, rng = _check_mix(mix, kinds), np.random.default_rng([seed, 20])
+    c = _clean_columns(rng, n, families, held_out=False)
+    kind = _v2_assign(rng, c, round(n * noise), kinds, mix, concentration)
+    final = _apply_kinds(rng, kind, kinds, c, _V2_CORRUPT)
+    fp = fingerprint("smallsel.synth.pool.v2", 1, n, float(noise), kinds, sorted(mix.items()), float(concentration), families, seed)
+    return _to_dataset(_cat(f"v2-{seed}-", _s(np.arange(n))), final, np.array(["clean", *kinds])[kind + 1], fp)
 
 # %% ../nbs/01a_synth.ipynb #83b79f57
 REAL_KINDS = ("mismatched", "repetitive", "nonsense", "truncated", "duplicate", "near_duplicate")
@@ -432,23 +547,23 @@ def corrupt_rows(ds:Dataset, # canonical rows (instruction, input, output; other
 
 # %% ../nbs/01a_synth.ipynb #cd809b70
 def make_eval_split(n:int, # number of rows
-                    families:list[str]|str|None=None, # task families (default: all of `FAMILIES`), balanced
+                    families:list[str]|str|None=None, # task families (default: all of `FAMILIES`, v1's; `V2_FAMILIES` for v2), balanced
                     seed:int=0, # random seed (its stream is independent of the pool's for the same seed)
                    )->Dataset: # same columns as the pool; every row clean
     "A clean eval split whose instructions never occur in a `make_noisy_instructions` pool."
     n, seed = _check_int(n, "n", 1), _check_int(seed, "seed", 0)
-    families = _names(families, FAMILIES, "family")
+    families = _names(families, FAMILIES, "family") if families is None else _names(families, _ALL_FAMILIES, "family")
     c = _clean_columns(np.random.default_rng([seed, 1]), n, families, held_out=True)
     fp = fingerprint("smallsel.synth.eval", 1, n, families, seed)
     return _to_dataset(_cat(f"eval-{seed}-", _s(np.arange(n))), c, np.full(n, "clean"), fp)
 
 # %% ../nbs/01a_synth.ipynb #55eddfab
-_FRAME_RE = re.compile(r"^the\s+(?:answer|result)\s+is\b\s*:?", re.I)
+_FRAME_RE = re.compile(r"^(?:the\s+(?:answer|result)\s+is\b|answer\s*:)\s*:?", re.I)  # v1 and v2 frames
 
 def extract_answer(text:str|None, # a response (model output or gold answer)
                    task:str|None=None, # the row's family: strip only its frame (default: either frame)
                   )->str: # the normalized answer ("" when there is none)
-    "The answer in `text`: first non-empty line, frame dropped, stripped, one trailing period dropped, casefolded."
+    "The answer in `text`: first non-empty line, frame (`The answer is`, `The result is`, `Answer:`) dropped, stripped, one trailing period dropped, casefolded."
     if task is not None and task not in FRAMES: raise SmallselError(f"unknown task {task!r}; choose from {', '.join(FAMILIES)}")
     line = next((l for l in str(text or "").splitlines() if l.strip()), "").strip()
     if task is None: line = _FRAME_RE.sub("", line, count=1)
@@ -467,16 +582,26 @@ def exact_match(predictions, # model responses, one per row
     return np.array([extract_answer(p) == extract_answer(a) for p, a in zip(predictions, answers)], dtype=bool)
 
 # %% ../nbs/01a_synth.ipynb #f3f425ce
+BENCHMARKS = ("v1", "v2")
+
 def noisy_benchmark(n_train:int, # rows in the noisy training pool
                     n_eval:int, # rows in the clean eval split
-                    noise:float=0.4, # fraction of training rows corrupted
+                    noise:float|None=None, # fraction of training rows corrupted (default: 0.4 for v1, 0.6 for v2)
                     seed:int=0, # seed for both splits
-                    kinds:list[str]|str|None=None, # corruption kinds (default: all)
-                    families:list[str]|str|None=None, # task families (default: all)
+                    kinds:list[str]|str|None=None, # corruption kinds (default: all of the benchmark's)
+                    families:list[str]|str|None=None, # task families (default: all of the benchmark's)
+                    benchmark:str="v1", # "v1" (facts and arithmetic, kinds split evenly) or "v2" (learnable rules, systematic weak-model failures)
+                    **v2_kw, # v2 only: `mix`, `concentration` (see `make_noisy_instructions_v2`)
                    )->tuple[Dataset, Dataset]: # (train pool, clean eval split), instruction-disjoint
     "A noisy training pool and a clean, instruction-disjoint eval split, for demos."
-    return (make_noisy_instructions(n_train, noise=noise, kinds=kinds, families=families, seed=seed),
-            make_eval_split(n_eval, families=families, seed=seed))
+    if benchmark not in BENCHMARKS: raise SmallselError(f"unknown benchmark {benchmark!r}; choose from {', '.join(BENCHMARKS)}")
+    if benchmark == "v1":
+        if v2_kw: raise SmallselError(f"{', '.join(v2_kw)}: only benchmark v2 takes these")
+        pool = make_noisy_instructions(n_train, noise=0.4 if noise is None else noise, kinds=kinds, families=families, seed=seed)
+    else:
+        families = V2_FAMILIES if families is None else families
+        pool = make_noisy_instructions_v2(n_train, noise=0.6 if noise is None else noise, kinds=kinds, families=families, seed=seed, **v2_kw)
+    return pool, make_eval_split(n_eval, families=families, seed=seed)
 
 # %% ../nbs/01a_synth.ipynb #885741fd
 def _write(ds:Dataset, path:Path):

@@ -160,25 +160,36 @@ def generate(model, # causal LM
              prompts:list, # prompt token ids per row (BOS and template included)
              max_new_tokens:int=32, # tokens to generate at most
              batch_size:int=64, # prompts per `generate` call
-            )->list[str]: # the generated text per prompt (special tokens removed)
-    "Greedy continuations of tokenized prompts, batched with left padding."
+             temperature:float=0.0, # 0: greedy; > 0: sample from the model's distribution at this temperature (no top-k/top-p)
+             seed:int=0, # sampling seed (the global RNG is left as it was)
+             return_hit:bool=False, # also return, per prompt, whether it stopped at `max_new_tokens` without an end of sequence
+            )->list[str]: # the generated text per prompt (special tokens removed); with `return_hit`, (texts, hit flags)
+    "Greedy (or sampled) continuations of tokenized prompts, batched with left padding."
+    if not (temperature >= 0 and math.isfinite(temperature)): raise SmallselError(f"temperature must be >= 0, got {temperature}")
     was = model.training; model.eval()
     dev, pad, eos = next(model.parameters()).device, _pad_id(tokenizer), tokenizer.eos_token_id
     order = np.argsort([len(p) for p in prompts], kind="stable")
-    out = [None] * len(prompts)
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        L = max(len(prompts[j]) for j in idx)
-        ids = torch.tensor([[pad] * (L - len(prompts[j])) + list(prompts[j]) for j in idx], device=dev)
-        mask = torch.tensor([[0] * (L - len(prompts[j])) + [1] * len(prompts[j]) for j in idx], device=dev)
-        with _hf_quiet():  # no advice about generation settings in every evaluation
-            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=pad, eos_token_id=eos)[:, L:].tolist()
-        for j, g in zip(idx, gen): out[j] = tokenizer.decode(g[:g.index(eos)] if eos in g else g, skip_special_tokens=True)
+    out, hit = [None] * len(prompts), np.zeros(len(prompts), bool)
+    sample = dict(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            L = max(len(prompts[j]) for j in idx)
+            ids = torch.tensor([[pad] * (L - len(prompts[j])) + list(prompts[j]) for j in idx], device=dev)
+            mask = torch.tensor([[0] * (L - len(prompts[j])) + [1] * len(prompts[j]) for j in idx], device=dev)
+            with _hf_quiet():  # no advice about generation settings in every evaluation
+                gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
+                                     eos_token_id=eos, **sample)[:, L:].tolist()
+            for j, g in zip(idx, gen):
+                hit[j] = eos not in g
+                out[j] = tokenizer.decode(g[:g.index(eos)] if eos in g else g, skip_special_tokens=True)
     model.train(was)
-    return out
+    return (out, hit) if return_hit else out
 
 # %% ../nbs/05_train.ipynb #c049a9ec
+from .evaluate import generation_report
+
 def _answers(ds:Dataset)->tuple[np.ndarray, str|None]:
     "Rows with a usable `answer`, and a note when exact match is skipped or partial."
     if "answer" not in ds.column_names: return np.zeros(0, int), "exact match skipped: the eval rows have no `answer` column"
@@ -189,30 +200,39 @@ def _answers(ds:Dataset)->tuple[np.ndarray, str|None]:
 
 @dataclass
 class Evaluator:
-    "Everything evaluation needs, prepared once: tokenized eval rows, prompts and answers for exact match."
+    "Everything evaluation needs, prepared once: tokenized eval rows, prompts and answers for generation metrics."
     rows: TokenRows # tokenized eval rows
     prompts: list # prompt ids of the rows with answers
     answers: list # their gold answers
     note: str|None # why exact match is skipped or partial (None: on every row)
     max_new_tokens: int # generation limit
     pad_id: int # padding id
+    frame: str|None = None # how a well-formed response starts (`evaluate.defect_kinds`); None: no format check
+    temperature: float|None = None # also measure sampled generations at this temperature (None: greedy only)
     @classmethod
-    def make(cls, ds:Dataset, # clean eval rows (an `answer` column enables exact match)
-             tokenizer, template:str="alpaca", max_length:int=512, max_new_tokens:int|None=None):
+    def make(cls, ds:Dataset, # clean eval rows (an `answer` column enables generation metrics)
+             tokenizer, template:str="alpaca", max_length:int=512,
+             max_new_tokens:int|None=None, # generation limit (default: twice the longest eval response + 4, room to show a loop)
+             frame:str|None=None, # how a well-formed response starts, e.g. "Answer:"
+             temperature:float|None=None, # also sample at this temperature
+            ):
         rows = token_rows(ds, tokenizer, template, max_length, source="eval")
         ok, note = _answers(ds)
         prompts = [rows.ids[i][:rows.start[i]] for i in ok]
         longest = int((rows.ids.lengths - rows.start).max())
         answers = pd.Series(ds["answer"], dtype=object).iloc[ok].tolist() if len(ok) else []
-        return cls(rows, prompts, answers, note, max_new_tokens or longest + 2, _pad_id(tokenizer))
+        return cls(rows, prompts, answers, note, max_new_tokens or 2 * longest + 4, _pad_id(tokenizer), frame, temperature)
 
-    def __call__(self, model, tokenizer, exact:bool=True, # also run greedy generation for exact match
+    def __call__(self, model, tokenizer, exact:bool=True, # also generate: exact match and defect rates
                  batch_size:int=64)->dict:
-        "Eval loss (always) and exact match (when `exact` and the rows have answers)."
+        "Eval loss (always); exact match, wrong and defect rates of greedy (and sampled) generations when `exact` and the rows have answers."
         out = {"eval_loss": eval_loss(model, self.rows, self.pad_id)}
         if exact and self.prompts:
-            preds = generate(model, tokenizer, self.prompts, self.max_new_tokens, batch_size)
-            out["exact_match"] = float(exact_match(preds, self.answers).mean())
+            texts, hit = generate(model, tokenizer, self.prompts, self.max_new_tokens, batch_size, return_hit=True)
+            out.update(generation_report(texts, self.answers, self.frame, hit))
+            if self.temperature:
+                texts, hit = generate(model, tokenizer, self.prompts, self.max_new_tokens, batch_size, self.temperature, return_hit=True)
+                out.update(generation_report(texts, self.answers, self.frame, hit, prefix="sampled_"))
         return out
 
 def evaluate(model, # causal LM
@@ -350,7 +370,7 @@ def _run_key(train, model, settings)->str:
 def train_lm(model, # causal LM (`make_lm`, `load_lm`); trained in place
              tokenizer, # its tokenizer (no pad token needed)
              train:Dataset, # rows to train on: instruction, input, output
-             eval:Dataset|None=None, # clean held-out rows; an `answer` column adds exact match
+             eval:Dataset|Evaluator|None=None, # clean held-out rows (an `answer` column adds generation metrics), or an `Evaluator`
              epochs:float=1.0, # passes over `train` (fractional allowed)
              max_steps:int|None=None, # a fixed number of optimizer steps instead of `epochs`
              batch_size:int=32, # rows per micro-batch
@@ -381,7 +401,7 @@ def train_lm(model, # causal LM (`make_lm`, `load_lm`); trained in place
     dist = _Dist(device); dev = dist.device
     model.to(dev)
     rows = token_rows(train, tokenizer, template, max_length, source="train")
-    ev = Evaluator.make(eval, tokenizer, template, max_length) if eval is not None else None
+    ev = eval if isinstance(eval, Evaluator) or eval is None else Evaluator.make(eval, tokenizer, template, max_length)
     steps = schedule(len(rows), batch_size, grad_accum, epochs, max_steps, seed, rows.ids.lengths, group_by_length)
     total, pad, n_params = len(steps), _pad_id(tokenizer), matmul_params(model)
     step_rows = [np.concatenate(st) for st in steps]
