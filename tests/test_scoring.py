@@ -99,3 +99,47 @@ def test_oom_halves_the_batch_and_warns_once(monkeypatch):
     oom = [x for x in w if "out of memory" in str(x.message)]
     assert len(oom) == 1
     np.testing.assert_allclose(np.array(got["cond_loss"], float), np.array(want["cond_loss"], float), rtol=1e-5)
+
+def test_oom_retry_runs_after_the_failed_batch_is_freed(monkeypatch):
+    "The retry after an out-of-memory error starts only once the failed forward's tensors are gone (no traceback holds them)."
+    import gc, weakref, torch
+    import smallsel_nb.scoring as S
+    rows = make_noisy_instructions(30, seed=2)
+    model = make_lm("tiny", seed=0)
+    want = score(rows, model, cache_dir=False, batch_tokens=4096)
+    real, held, alive = S.forward_nll, [], []
+    def oom_once(model, seqs, *a, **k):
+        if not held:
+            big = torch.ones(1 << 16)  # stands for the activations of the failed forward
+            held.append(weakref.ref(big)); raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        alive.append(held[0]() is not None)
+        return real(model, seqs, *a, **k)
+    monkeypatch.setattr(S, "forward_nll", oom_once)
+    gc.disable()  # freed by reference counting when the `except` block ends, not by a lucky collection
+    try:
+        with pytest.warns(UserWarning, match="out of memory"):
+            got = score(rows, model, cache_dir=False, batch_tokens=4096)
+    finally: gc.enable()
+    assert alive and not any(alive), "the failed batch was still alive while the retry ran"
+    np.testing.assert_allclose(np.array(got["cond_loss"], float), np.array(want["cond_loss"], float), rtol=1e-6)
+
+def test_oom_lowers_the_budget_for_the_rest_of_the_run(monkeypatch):
+    "After one OOM, later batches (rest of the prefix group, later groups and shards) are planned small enough: no second OOM."
+    import torch
+    import smallsel_nb.scoring as S
+    rows = make_noisy_instructions(80, seed=4)
+    model = make_lm("tiny", seed=0)
+    want = score(rows, model, cache_dir=False, batch_tokens=4096, shard_rows=40)
+    real, ooms, calls = S.forward_nll, [], []
+    def small_memory(model, seqs, starts, prefix_len=0, *a, **k):
+        padded = len(seqs) * max(len(s) - prefix_len for s in seqs)
+        calls.append(padded)
+        if padded > 2048: ooms.append(padded); raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(model, seqs, starts, prefix_len, *a, **k)
+    monkeypatch.setattr(S, "forward_nll", small_memory)
+    with pytest.warns(UserWarning, match="out of memory"):
+        got = score(rows, model, cache_dir=False, batch_tokens=4096, shard_rows=40)
+    assert len(ooms) == 1, f"{len(ooms)} out-of-memory errors for {len(calls)} batches"
+    assert max(calls[calls.index(ooms[0]) + 1:]) <= 2048  # every batch after the OOM fits
+    for c in ("cond_loss", "uncond_loss"):
+        np.testing.assert_allclose(np.array(got[c], float), np.array(want[c], float), rtol=1e-6)
