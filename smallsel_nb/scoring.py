@@ -430,6 +430,7 @@ def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
                     shards:list[int]|None=None, # only these shard numbers (for multi-process runs)
                     prefix_cache:bool=True, # encode shared prompt prefixes once
                     desc:str="scoring", # progress bar label
+                    compile:bool=False, # `torch.compile` the model body first (opt-in: it stays compiled; the first batches are slow)
                    )->dict: # per-row arrays: cond_sum, uncond_sum, n_cond, n_uncond, token_losses
     "Run the engine over tokenized rows; finished shards are read from / written to `store`."
     batch_tokens = batch_tokens or default_batch_tokens(model)
@@ -445,6 +446,7 @@ def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
     if not check_fast_head(model):  # every batch goes through the fast head, with or without a prefix cache
         raise SmallselError(f"{type(model).__name__}: the fast output head does not reproduce the model's logits; "
                             "this architecture needs support in smallsel_nb.scoring (please report it)")
+    if compile: _body(model).compile(dynamic=True)  # shapes vary from batch to batch
     sample = np.random.default_rng(0).choice(n, min(n, 2000), replace=False) if n else np.array([], int)
     prefixes = find_prefixes([cond[i] for i in sample], rs[sample]) if prefix_cache else []
     out = dict(cond_sum=np.full(n, np.nan), uncond_sum=np.full(n, np.nan), n_cond=np.zeros(n, np.int64),

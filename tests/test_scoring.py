@@ -143,3 +143,18 @@ def test_oom_lowers_the_budget_for_the_rest_of_the_run(monkeypatch):
     assert max(calls[calls.index(ooms[0]) + 1:]) <= 2048  # every batch after the OOM fits
     for c in ("cond_loss", "uncond_loss"):
         np.testing.assert_allclose(np.array(got[c], float), np.array(want[c], float), rtol=1e-6)
+
+def test_head_nll_chunks_are_checkpointed_under_autograd():
+    "Small chunks under autograd (checkpointed) give the same losses and gradients as one chunk."
+    import torch
+    from smallsel_nb.scoring import head_nll, head_chunk_bytes
+    assert head_chunk_bytes(torch.device("cuda")) == 2**30 and head_chunk_bytes(torch.device("cpu")) == 2**27
+    model, _ = make_lm("tiny", seed=0); model.train()
+    V = model.get_output_embeddings().weight.shape[0]
+    h0, t = torch.randn(50, model.config.hidden_size), torch.randint(0, V, (50,))
+    out = []
+    for chunk in (4 * V * 7, None):  # 8 chunks of 7 rows, then one chunk
+        model.zero_grad(); h = h0.clone().requires_grad_()
+        nll = head_nll(model, h, t, chunk_bytes=chunk); nll.sum().backward()
+        out.append((nll.detach(), h.grad, model.get_output_embeddings().weight.grad.clone()))
+    for a, b in zip(*out): torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
