@@ -268,7 +268,7 @@ class ShardScorer:
                  bar=None, # progress bar to advance (rows)
                 ):
         self.model, self.pad_id, self.prefixes, self.per_token, self.bar = model, pad_id, prefixes, per_token, bar
-        self.batch_tokens, self.warned, self.tokens = batch_tokens, False, 0
+        self.batch_tokens, self.warned, self.tokens, self.computed = batch_tokens, False, 0, 0
         self.kv = [prefix_kv(model, p) for p in prefixes]
 
     def _run(self, seqs, starts, k, per_token):
@@ -315,6 +315,7 @@ class ShardScorer:
                 if t is not None:
                     for x, tt in zip(r, t): toks[x] = tt
                 self.tokens += int(cost[it].sum() + plen[it].sum())  # every token of both views, prefix included
+                self.computed += int(cost[it].sum())  # tokens the body ran on (no cached prefix)
                 if self.bar is not None: self.bar.update(len(it) / 2); self.bar.set_postfix_str(self._rate(), refresh=False)
         for c, r, s in pending: sums[c][torch.from_numpy(r)] = s.float().cpu()  # one host sync per shard
         return dict(cond_sum=sums[True].numpy(), uncond_sum=sums[False].numpy(), n_cond=np.maximum(clen - resp_start, 0),
@@ -431,7 +432,7 @@ def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
                     prefix_cache:bool=True, # encode shared prompt prefixes once
                     desc:str="scoring", # progress bar label
                     compile:bool=False, # `torch.compile` the model body first (opt-in: it stays compiled; the first batches are slow)
-                   )->dict: # per-row arrays: cond_sum, uncond_sum, n_cond, n_uncond, token_losses
+                   )->dict: # per-row arrays: cond_sum, uncond_sum, n_cond, n_uncond, token_losses; shards_cached, shards_computed, tokens_computed
     "Run the engine over tokenized rows; finished shards are read from / written to `store`."
     batch_tokens = batch_tokens or default_batch_tokens(model)
     t = arrow_table(tok)
@@ -466,6 +467,7 @@ def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
         for i, t in zip(rows, d["token_losses"]): out["token_losses"][i] = t
     bar.close()
     out["shards_cached"], out["shards_computed"] = n_cached, len(todo) - n_cached
+    out["tokens_computed"] = scorer.computed if scorer else 0  # tokens the body ran on here (cached prefixes and shards excluded)
     return out
 
 # %% ../nbs/03_scoring.ipynb #86313d29
