@@ -23,10 +23,10 @@ from .core import (SmallselError, cache_root, cpu_has_bf16, fingerprint, get_dev
 
 # %% auto #0
 __all__ = ['SCORE_COLUMNS', 'score_per_row', 'pad_batch', 'scored_positions', 'head_chunk_bytes', 'head_logits', 'head_nll',
-           'check_fast_head', 'find_prefixes', 'assign_prefix', 'prefix_kv', 'device_ints', 'batch_layout',
-           'forward_nll', 'plan_shards', 'batch_end', 'plan_batches', 'ShardScorer', 'ShardStore', 'scoring_dtype',
-           'Ragged', 'default_batch_tokens', 'score_tokenized', 'finalize_scores', 'model_max_length', 'ScoringJob',
-           'prepare_scoring', 'attach_scores', 'score', 'error_summary', 'cli_score']
+           'check_fast_head', 'require_fast_head', 'find_prefixes', 'assign_prefix', 'prefix_kv', 'device_ints',
+           'batch_layout', 'forward_nll', 'plan_shards', 'batch_end', 'plan_batches', 'ShardScorer', 'ShardStore',
+           'scoring_dtype', 'Ragged', 'default_batch_tokens', 'score_tokenized', 'finalize_scores', 'model_max_length',
+           'ScoringJob', 'prepare_scoring', 'attach_scores', 'score', 'error_summary', 'cli_score']
 
 # %% ../nbs/03_scoring.ipynb #190541cb
 @torch.inference_mode()
@@ -114,13 +114,22 @@ def check_fast_head(model, # a causal LM, on its device, in the dtype it will sc
                     n:int=12, # random tokens to check on
                    )->bool: # body + `head_logits` equal the model's own logits
     "True when body + `head_logits` reproduce the model's own logits at every position (tolerance from the weights' dtype)."
-    p = next(model.parameters())
+    p, was = next(model.parameters()), model.training
     ids = torch.randint(0, model.get_output_embeddings().weight.shape[0], (1, n), device=p.device)
+    model.eval()  # no dropout in either path
     ref = model(input_ids=ids).logits[0].float()
     got = head_logits(model, _body(model)(input_ids=ids).last_hidden_state[0])
+    model.train(was)
     eps = torch.finfo(p.dtype).eps if p.dtype.is_floating_point else 2**-7
-    tol = max(4 * eps, 2e-3) * max(1.0, ref.abs().max().item())  # a few rounding steps of the largest logit
-    return got.shape == ref.shape and bool((got - ref).abs().max() <= tol)
+    tol = max(4 * eps, 2e-3) * max(1.0, ref.nan_to_num(0).abs().max().item())  # a few rounding steps of the largest logit
+    return got.shape == ref.shape and torch.allclose(got, ref, rtol=0, atol=tol, equal_nan=True)  # NaN weights: the loss says so later
+
+def require_fast_head(model, # a causal LM, on its device, in the dtype it will run in
+                     ):
+    "Refuse a model whose logits the fast head (`head_nll`, used for every scored batch) cannot reproduce."
+    if not check_fast_head(model):
+        raise SmallselError(f"{type(model).__name__}: the fast output head does not reproduce the model's logits; "
+                            "this architecture needs support in smallsel_nb.scoring (please report it)")
 
 # %% ../nbs/03_scoring.ipynb #8fe5923e
 def find_prefixes(cond_ids:list, # tokenized prompts+responses (a sample is enough)
@@ -444,9 +453,7 @@ def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
     lengths = cond.lengths + unc.lengths
     plan = plan_shards(lengths, shard_rows)
     todo = [k for k in (range(len(plan)) if shards is None else shards)]
-    if not check_fast_head(model):  # every batch goes through the fast head, with or without a prefix cache
-        raise SmallselError(f"{type(model).__name__}: the fast output head does not reproduce the model's logits; "
-                            "this architecture needs support in smallsel_nb.scoring (please report it)")
+    require_fast_head(model)  # every batch goes through the fast head, with or without a prefix cache
     if compile: _body(model).compile(dynamic=True)  # shapes vary from batch to batch
     sample = np.random.default_rng(0).choice(n, min(n, 2000), replace=False) if n else np.array([], int)
     prefixes = find_prefixes([cond[i] for i in sample], rs[sample]) if prefix_cache else []
