@@ -158,3 +158,20 @@ def test_head_nll_chunks_are_checkpointed_under_autograd():
         nll = head_nll(model, h, t, chunk_bytes=chunk); nll.sum().backward()
         out.append((nll.detach(), h.grad, model.get_output_embeddings().weight.grad.clone()))
     for a, b in zip(*out): torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+def test_forward_nll_passes_position_ids_only_after_a_prefix(monkeypatch):
+    "Without a prefix no position ids (transformers then skips a packed-sequence check that syncs with the GPU); with one, they continue it."
+    import functools, torch
+    from smallsel_nb.scoring import forward_nll, prefix_kv, _body, device_ints
+    m, _ = make_lm("tiny-llama", seed=0)
+    body, seen = _body(m), []
+    real = body.forward
+    monkeypatch.setattr(body, "forward", functools.wraps(real)(lambda *a, **k: seen.append(k) or real(*a, **k)))
+    seqs, starts = [[1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 9]], np.array([5, 3])
+    plain, _ = forward_nll(m, seqs, starts)
+    cached, _ = forward_nll(m, seqs, starts, prefix_len=2, kv=prefix_kv(m, np.array([1, 2])))
+    calls = [k for k in seen if k.get("input_ids") is not None and k["input_ids"].shape[0] == 2]
+    assert "position_ids" not in calls[0] and calls[1]["position_ids"][0].tolist() == list(range(2, 7))
+    torch.testing.assert_close(plain, cached, rtol=1e-5, atol=1e-5)
+    a, b = device_ints([np.arange(6).reshape(2, 3), np.array([7])], torch.device("cpu"))
+    assert a.shape == (2, 3) and a.dtype == torch.int64 and b.tolist() == [7]
