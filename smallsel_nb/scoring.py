@@ -19,7 +19,7 @@ from fastcore.meta import delegates
 from fastcore.script import Param
 from torch.utils.checkpoint import checkpoint
 from .core import (SmallselError, cache_root, cpu_has_bf16, fingerprint, get_device, get_dtype, progress,
-                              table_fingerprint, arrow_table, tf32_matmul)
+                              table_fingerprint, arrow_table, tf32_matmul, logger)
 
 # %% auto #0
 __all__ = ['SCORE_COLUMNS', 'score_per_row', 'pad_batch', 'scored_positions', 'head_chunk_bytes', 'head_logits', 'head_nll',
@@ -376,7 +376,9 @@ def scoring_dtype(dtype:str="auto", # auto, float32, bfloat16
                  )->torch.dtype:
     "`auto`: bf16 on CUDA and on CPUs with native bf16, else fp32."
     if dtype in (None, "auto") and get_device(device).type == "cpu":
-        return torch.bfloat16 if cpu_has_bf16() else torch.float32
+        dt = torch.bfloat16 if cpu_has_bf16() else torch.float32
+        logger.info(f"dtype auto: {dt} on the CPU ({'with' if dt == torch.bfloat16 else 'no'} native bf16 instructions)")
+        return dt
     return get_dtype(dtype, device)
 
 # %% ../nbs/03_scoring.ipynb #39e0ef74
