@@ -2,9 +2,11 @@
 
 CPU (default):  python bench/scoring.py --rows 300 --model smollm2-135m        (real model, real ShareGPT pairs)
                 python bench/scoring.py --rows 300 --model tiny --data synth   (tiny from-scratch model)
-GPU:            python bench/scoring.py --gpu                                  (GPT-2-124M and a ~1B Llama, random init)
+GPU:            python bench/scoring.py --gpu                                  (GPT-2-124M and a ~1B Llama, random init, built on the GPU in bf16)
 
-Prints rows/s, tokens/s, the speed ratio, and the Spearman correlation of `ifd` between the two implementations.
+Prints rows/s, tokens/s, the speed ratio, and the Spearman correlation of `ifd` between the two implementations;
+on a GPU also the useful FLOP/s (body on the tokens it ran, head at scored tokens only) against the measured
+matmul peak and the data-sheet peak, and the peak memory.
 Timings on shared machines are noisy: only ratios measured in one run are meaningful.
 """
 import argparse, os, time
@@ -64,33 +66,62 @@ def gpu_rows(n, vocab, seed=0):
     return Dataset.from_dict(dict(cond_ids=cond, resp_start=rs, uncond_ids=unc, uncond_start=[1] * n, tok_error=[None] * n))
 
 def matmul_peak(dtype=torch.bfloat16, n=8192, reps=20):
+    "Measured dense matmul throughput of this GPU (FLOP/s): the best the body's matmuls could do."
     a, b = torch.randn(n, n, device="cuda", dtype=dtype), torch.randn(n, n, device="cuda", dtype=dtype)
     for _ in range(3): a @ b
     torch.cuda.synchronize(); t = time.perf_counter()
     for _ in range(reps): a @ b
-    torch.cuda.synchronize(); return 2 * n**3 * reps / (time.perf_counter() - t)
+    torch.cuda.synchronize(); dt = time.perf_counter() - t
+    del a, b; torch.cuda.empty_cache()
+    return 2 * n**3 * reps / dt
+
+# dense bf16 tensor-core peaks from the vendors' data sheets (TFLOP/s, no sparsity), matched on the device name
+SPEC_TFLOPS = {"H200": 989, "H100 SXM": 989, "H100 80GB HBM3": 989, "H100 PCIe": 756, "H100 NVL": 835, "H100": 756,
+               "A100": 312, "L40S": 362, "L40": 181, "L4": 121, "A10G": 70, "A10": 125, "RTX 4090": 165, "RTX 3090": 71,
+               "V100": 125, "T4": 65}  # V100, T4: fp16 (no native bf16)
+
+def spec_peak(name, override=None):
+    "The data-sheet bf16 peak of the GPU called `name` (FLOP/s), or None when unknown."
+    if override: return override * 1e12
+    return next((v * 1e12 for k, v in SPEC_TFLOPS.items() if k.lower() in name.lower()), None)
+
+def useful_flops(model, res):
+    "Forward FLOPs of the work the engine did: the body on every token it ran (not cached prefixes), the head only at scored tokens."
+    head = model.get_output_embeddings().weight.numel()
+    scored = int(res["n_cond"].sum() + res["n_uncond"].sum())
+    return 2 * (matmul_params(model) - head) * res["tokens_computed"] + 2 * head * scored
+
+def build_on_gpu(name):
+    "A random-init model built directly on the GPU in bf16 (no fp32 copy on the CPU first)."
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+    cfg = {"gpt2-124m": lambda: GPT2Config(n_positions=1024),
+           "llama-1b": lambda: LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
+                                           num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=1024)}[name]()
+    with torch.device("cuda"): return AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
 
 def gpu_bench(a):
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-    peak = matmul_peak(); print(f"bf16 matmul peak measured: {peak / 1e12:.0f} TFLOP/s")
-    specs = {"gpt2-124m": lambda: GPT2LMHeadModel(GPT2Config(n_positions=1024, attn_implementation="sdpa")),
-             "llama-1b": lambda: LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632,
-                         num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=1024,
-                         attn_implementation="sdpa"))}
-    for name, build in specs.items():
-        model = build().to("cuda", torch.bfloat16).eval()
+    import gc
+    dev = torch.cuda.get_device_name()
+    peak, spec = matmul_peak(), spec_peak(dev, a.spec_tflops)
+    print(f"{dev}: bf16 matmul peak measured {peak / 1e12:.0f} TFLOP/s, data sheet "
+          + (f"{spec / 1e12:.0f} TFLOP/s" if spec else "unknown (pass --spec-tflops)"))
+    for name in ("gpt2-124m", "llama-1b"):
+        model = build_on_gpu(name)
         t = gpu_rows(a.gpu_rows, model.config.vocab_size)
         ntok = int(sum(len(c) + len(u) for c, u in zip(t["cond_ids"], t["uncond_ids"])))
-        score_tokenized(t.select(range(256)), model, 0, a.batch_tokens_gpu, desc=None)  # warm-up
-        torch.cuda.synchronize()
+        score_tokenized(t.select(range(256)), model, 0, a.batch_tokens_gpu, desc=None, compile=a.compile)  # warm-up
+        torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
         res, te = timed(lambda: score_tokenized(t, model, 0, a.batch_tokens_gpu, desc=None))
-        mfu = 2 * matmul_params(model) * ntok / te / peak
+        mem = torch.cuda.max_memory_allocated()
+        fl = useful_flops(model, res)
         sub = t.select(range(256)); ntok_sub = int(sum(len(c) + len(u) for c, u in zip(sub["cond_ids"], sub["uncond_ids"])))
-        m32 = model.float(); _, tr = timed(lambda: score_per_row(sub, m32)); model = m32.to(torch.bfloat16)
-        print(f"{name}: {matmul_params(model) / 1e6:.0f}M matmul params, {len(t)} rows, {ntok / len(t):.0f} tok/row | "
-              f"engine bf16 {ntok / te:,.0f} tok/s, MFU {100 * mfu:.1f}% | per-row fp32 {ntok_sub / tr:,.0f} tok/s | "
-              f"ratio {ntok / te / (ntok_sub / tr):.1f}x")
-        del model; torch.cuda.empty_cache()
+        model.float(); _, tr = timed(lambda: score_per_row(sub, model)); model.to(torch.bfloat16)
+        mfu = f"MFU {100 * fl / te / peak:.1f}% of measured" + (f", {100 * fl / te / spec:.1f}% of data sheet" if spec else "")
+        print(f"{name}: {matmul_params(model) / 1e6:.0f}M matmul params, {len(t)} rows, {ntok / len(t):.0f} tok/row "
+              f"({res['tokens_computed'] / ntok:.0%} run by the body, rest cached prefixes) | engine bf16 {ntok / te:,.0f} tok/s, "
+              f"{fl / te / 1e12:.1f} TFLOP/s useful, {mfu}, peak memory {mem / 2**30:.2f} GiB "
+              f"(batch_tokens {a.batch_tokens_gpu or 'default'}) | per-row fp32 (TF32 matmuls) {ntok_sub / tr:,.0f} tok/s | ratio {ntok / te / (ntok_sub / tr):.1f}x")
+        del model, res; gc.collect(); torch.cuda.empty_cache()  # the next model starts from an empty GPU
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,7 +130,9 @@ if __name__ == "__main__":
     p.add_argument("--threads", type=int, default=os.cpu_count()); p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--batch-tokens", type=int, default=4096); p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--gpu", action="store_true"); p.add_argument("--gpu-rows", type=int, default=4096)
-    p.add_argument("--batch-tokens-gpu", type=int, default=65536)
+    p.add_argument("--batch-tokens-gpu", type=int, default=65536, help="0: the engine's default (from free memory)")
+    p.add_argument("--spec-tflops", type=float, default=None, help="data-sheet bf16 peak, when the GPU is not in SPEC_TFLOPS")
+    p.add_argument("--compile", action="store_true", help="torch.compile the body (GPU part)")
     a = p.parse_args()
     os.environ.setdefault("SMALLSEL_PROGRESS", "0")
     gpu_bench(a) if a.gpu else cpu_bench(a)

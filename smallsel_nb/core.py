@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #20ad5de7
 from __future__ import annotations
-import hashlib, json, os, random, re
+import contextlib, hashlib, json, logging, os, random, re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -12,9 +12,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+logger = logging.getLogger("smallsel_nb")
+
 # %% auto #0
-__all__ = ['SmallselError', 'row_error', 'get_device', 'cpu_has_bf16', 'get_dtype', 'set_seed', 'fingerprint', 'arrow_table',
-           'table_fingerprint', 'cache_root', 'progress', 'matmul_params', 'forward_flops', 'train_flops']
+__all__ = ['logger', 'SmallselError', 'row_error', 'get_device', 'cpu_has_bf16', 'cuda_has_bf16', 'get_dtype', 'tf32_matmul',
+           'set_seed', 'fingerprint', 'arrow_table', 'table_fingerprint', 'cache_root', 'progress', 'matmul_params',
+           'forward_flops', 'train_flops']
 
 # %% ../nbs/00_core.ipynb #b0e3e95c
 class SmallselError(ValueError):
@@ -48,19 +51,36 @@ def cpu_has_bf16()->bool:
     except OSError: return False
     return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
+def cuda_has_bf16()->bool:
+    "True when the current CUDA GPU computes bf16 natively (Ampere and later); emulated bf16 (T4, V100) does not count."
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
 
 def get_dtype(dtype:str|torch.dtype="auto", # "auto", "float32", "bfloat16", "float16" or a `torch.dtype`
               device:str|torch.device="auto", # the device the model runs on (`auto` resolves as in `get_device`)
              )->torch.dtype:
-    "Resolve `dtype`; `auto` is bf16 on a bf16-capable CUDA GPU, else fp32."
+    "Resolve `dtype`; `auto` is bf16 on a GPU with native bf16, else fp32 (logged, with a warning on a GPU without)."
     if isinstance(dtype, torch.dtype): return dtype
     if dtype in (None, "auto"):
         dev = get_device(device)
-        return torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        if dev.type != "cuda": return torch.float32
+        if cuda_has_bf16(): logger.info(f"dtype auto: bfloat16 on {torch.cuda.get_device_name(dev)}"); return torch.bfloat16
+        logger.warning(f"dtype auto: float32, since {torch.cuda.get_device_name(dev)} has no native bf16 (it would be emulated, "
+                    "slowly); pass dtype='float16' to trade range for speed")
+        return torch.float32
     if dtype not in _DTYPES: raise SmallselError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
+
+# %% ../nbs/00_core.ipynb #33b42047
+@contextlib.contextmanager
+def tf32_matmul():
+    "Let fp32 matmuls on CUDA use TF32 inside the block (a decorator too); CPU matmuls are untouched."
+    old = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    try: yield
+    finally: torch.backends.cuda.matmul.fp32_precision = old
 
 # %% ../nbs/00_core.ipynb #ba7efa76
 def set_seed(seed:int=0, # seed for python, numpy and torch (all devices)

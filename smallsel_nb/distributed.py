@@ -189,7 +189,7 @@ def score_distributed(data, # rows: anything `data.load_rows` reads, or a `Datas
                       out:str|Path|None=None, # file rank 0 writes (.parquet or .jsonl); None: only return the rows
                       template:str="alpaca", # prompt template: alpaca, chat or none
                       max_length:int|None=None, # longest prompt + response in tokens (None: the model's limit, at most 1024)
-                      batch_tokens:int|None=None, # padded tokens per forward (default: 16384 on GPU, 4096 on CPU)
+                      batch_tokens:int|None=None, # padded tokens per forward (default: 4096 on CPU, from free memory on GPU)
                       device:str="auto", # auto (each rank its own GPU, else CPU), cpu, cuda
                       dtype:str="auto", # auto, float32, bfloat16
                       cache_dir:str|Path|None=None, # shard cache shared by all ranks (None: `$SMALLSEL_CACHE/scores`)
@@ -395,7 +395,7 @@ def score_stream(source, # .parquet / .jsonl file, a folder of them, or a `datas
                  chunk_rows:int=100_000, # rows per chunk (memory is bounded by one chunk)
                  template:str="alpaca", # prompt template: alpaca, chat or none
                  max_length:int|None=None, # longest prompt + response in tokens (None: the model's limit, at most 1024)
-                 batch_tokens:int|None=None, # padded tokens per forward (default: 16384 on GPU, 4096 on CPU)
+                 batch_tokens:int|None=None, # padded tokens per forward (default: 4096 on CPU, from free memory on GPU)
                  device:str="auto", # auto (each rank its own GPU, else CPU), cpu, cuda
                  dtype:str="auto", # auto, float32, bfloat16
                  cache_dir:str|Path|None=None, # shard and part cache shared by all ranks (None: `$SMALLSEL_CACHE/scores`)
@@ -476,7 +476,7 @@ def cli_score_stream(data:str, # .parquet or .jsonl file, or a folder of them (r
                      chunk_rows:int=100_000, # rows per chunk: memory is bounded by one chunk
                      template:Param("prompt template", str, choices=["alpaca", "chat", "none"])="alpaca",
                      max_length:int=None, # longest prompt + response in tokens (default: the model's limit, at most 1024)
-                     batch_tokens:int=None, # padded tokens per forward (default: 16384 on GPU, 4096 on CPU)
+                     batch_tokens:int=None, # padded tokens per forward (default: 4096 on CPU, from free memory on GPU)
                      device:Param("device", str, choices=["auto", "cpu", "cuda"])="auto",
                      dtype:Param("model dtype", str, choices=["auto", "float32", "bfloat16"])="auto",
                      cache_dir:str=None, # shard and part cache, shared by all ranks (default: $SMALLSEL_CACHE/scores)

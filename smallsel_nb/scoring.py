@@ -17,17 +17,20 @@ from datasets import Dataset
 
 from fastcore.meta import delegates
 from fastcore.script import Param
+from torch.utils.checkpoint import checkpoint
 from .core import (SmallselError, cache_root, cpu_has_bf16, fingerprint, get_device, get_dtype, progress,
-                              table_fingerprint, arrow_table)
+                              table_fingerprint, arrow_table, tf32_matmul, logger)
 
 # %% auto #0
-__all__ = ['SCORE_COLUMNS', 'score_per_row', 'pad_batch', 'scored_positions', 'head_nll', 'check_fast_head', 'find_prefixes',
-           'assign_prefix', 'prefix_kv', 'forward_nll', 'plan_shards', 'plan_batches', 'ShardScorer', 'ShardStore',
-           'scoring_dtype', 'Ragged', 'score_tokenized', 'finalize_scores', 'model_max_length', 'ScoringJob',
-           'prepare_scoring', 'attach_scores', 'score', 'error_summary', 'cli_score']
+__all__ = ['SCORE_COLUMNS', 'score_per_row', 'pad_batch', 'scored_positions', 'head_chunk_bytes', 'head_logits', 'head_nll',
+           'check_fast_head', 'require_fast_head', 'find_prefixes', 'assign_prefix', 'prefix_kv', 'device_ints',
+           'batch_layout', 'forward_nll', 'plan_shards', 'batch_end', 'plan_batches', 'ShardScorer', 'ShardStore',
+           'scoring_dtype', 'Ragged', 'default_batch_tokens', 'score_tokenized', 'finalize_scores', 'model_max_length',
+           'ScoringJob', 'prepare_scoring', 'attach_scores', 'score', 'error_summary', 'cli_score']
 
 # %% ../nbs/03_scoring.ipynb #190541cb
 @torch.inference_mode()
+@tf32_matmul()
 def score_per_row(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
                   model, # a causal LM
                   progress_desc:str|None=None, # show a progress bar with this label
@@ -69,19 +72,32 @@ def scored_positions(starts:np.ndarray, # per row: index (in the full sequence) 
     return rows, pos
 
 # %% ../nbs/03_scoring.ipynb #317c7508
+def head_chunk_bytes(device:torch.device, # where the logits are computed
+                    )->int: # bytes of fp32 logits per chunk
+    "Logits computed at once by `head_nll`: about 1 GiB on a GPU (few, large matmuls), 128 MiB on a CPU (cache-friendly)."
+    return 2**30 if device.type == "cuda" else 2**27
+
+def head_logits(model, # a causal LM (its output embeddings are the head)
+                hidden:torch.Tensor, # [T, H] final hidden states
+               )->torch.Tensor: # [T, vocab] fp32 logits, soft-capped like the model's own
+    "The model's output head applied to `hidden`, in fp32."
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    logits = model.get_output_embeddings()(hidden).float()
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+def _chunk_nll(model, hidden, targets): return F.cross_entropy(head_logits(model, hidden), targets, reduction="none")
+
 def head_nll(model, # a causal LM (its output embeddings are the head)
              hidden:torch.Tensor, # [T, H] hidden states that predict the targets
              targets:torch.Tensor, # [T] target token ids
-             chunk_bytes:int=2**27, # cap on fp32 logits held at once
+             chunk_bytes:int|None=None, # cap on fp32 logits held at once (default: `head_chunk_bytes` of the device)
             )->torch.Tensor: # [T] fp32 negative log-likelihoods
     "Cross-entropy of `targets` from `hidden`, computing logits chunk by chunk."
-    head, cap = model.get_output_embeddings(), getattr(model.config, "final_logit_softcapping", None)
-    step = max(1, chunk_bytes // (4 * head.weight.shape[0]))
-    out = []
-    for i in range(0, hidden.shape[0], step):
-        logits = head(hidden[i:i+step]).float()
-        if cap: logits = torch.tanh(logits / cap) * cap
-        out.append(F.cross_entropy(logits, targets[i:i+step], reduction="none"))
+    step = max(1, (chunk_bytes or head_chunk_bytes(hidden.device)) // (4 * model.get_output_embeddings().weight.shape[0]))
+    # under autograd, each chunk's logits would be kept for the backward: recompute them there instead (checkpoint)
+    ckpt = torch.is_grad_enabled() and hidden.requires_grad and hidden.shape[0] > step
+    out = [checkpoint(_chunk_nll, model, hidden[i:i+step], targets[i:i+step], use_reentrant=False) if ckpt
+           else _chunk_nll(model, hidden[i:i+step], targets[i:i+step]) for i in range(0, hidden.shape[0], step)]
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
 # %% ../nbs/03_scoring.ipynb #5313fb62
@@ -94,13 +110,26 @@ def _cache_kw(body):
     return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
 
 @torch.inference_mode()
-def check_fast_head(model, n:int=12)->bool:
-    "True when body + `head_nll` reproduce the model's own logits (checked on random ids)."
-    dev = next(model.parameters()).device
-    ids = torch.randint(0, model.get_output_embeddings().weight.shape[0], (1, n), device=dev)
-    ref = F.cross_entropy(model(input_ids=ids).logits[0, :-1].float(), ids[0, 1:], reduction="none")
-    h = _body(model)(input_ids=ids).last_hidden_state[0, :-1]
-    return torch.allclose(head_nll(model, h, ids[0, 1:]), ref, rtol=1e-3, atol=1e-3 if ref.dtype == torch.float32 else 2e-2)
+def check_fast_head(model, # a causal LM, on its device, in the dtype it will score in
+                    n:int=12, # random tokens to check on
+                   )->bool: # body + `head_logits` equal the model's own logits
+    "True when body + `head_logits` reproduce the model's own logits at every position (tolerance from the weights' dtype)."
+    p, was = next(model.parameters()), model.training
+    ids = torch.randint(0, model.get_output_embeddings().weight.shape[0], (1, n), device=p.device)
+    model.eval()  # no dropout in either path
+    ref = model(input_ids=ids).logits[0].float()
+    got = head_logits(model, _body(model)(input_ids=ids).last_hidden_state[0])
+    model.train(was)
+    eps = torch.finfo(p.dtype).eps if p.dtype.is_floating_point else 2**-7
+    tol = max(4 * eps, 2e-3) * max(1.0, ref.nan_to_num(0).abs().max().item())  # a few rounding steps of the largest logit
+    return got.shape == ref.shape and torch.allclose(got, ref, rtol=0, atol=tol, equal_nan=True)  # NaN weights: the loss says so later
+
+def require_fast_head(model, # a causal LM, on its device, in the dtype it will run in
+                     ):
+    "Refuse a model whose logits the fast head (`head_nll`, used for every scored batch) cannot reproduce."
+    if not check_fast_head(model):
+        raise SmallselError(f"{type(model).__name__}: the fast output head does not reproduce the model's logits; "
+                            "this architecture needs support in smallsel_nb.scoring (please report it)")
 
 # %% ../nbs/03_scoring.ipynb #8fe5923e
 def find_prefixes(cond_ids:list, # tokenized prompts+responses (a sample is enough)
@@ -162,6 +191,26 @@ def _hf_quiet():
     try: yield
     finally: hf_logging.set_verbosity(v)
 
+def device_ints(arrays:list[np.ndarray], # integer host arrays (any shapes)
+                dev:torch.device, # where they are needed
+               )->list[torch.Tensor]: # int64 tensors on `dev`, same shapes
+    "Host index arrays on `dev` in one copy: pinned and non-blocking on CUDA, so the host never waits for the GPU here."
+    flat = torch.from_numpy(np.concatenate([np.asarray(a, np.int64).ravel() for a in arrays]))
+    if dev.type == "cuda": flat = flat.pin_memory().to(dev, non_blocking=True)
+    return [t.view(a.shape) for t, a in zip(flat.split([a.size for a in arrays]), arrays)]
+
+def batch_layout(seqs:list, # full token sequences (prefix included)
+                 starts:np.ndarray, # first scored token per sequence
+                 prefix_len:int=0, # tokens held in a prefix cache (not in the batch matrix)
+                 pad_id:int=0, # padding id
+                )->tuple: # (ids [B, L], flat index of each predicting hidden state in [B*L], its slot in [B*W], W)
+    "Everything a batch needs on the device, computed on the host before the forward."
+    ids, lens = pad_batch([s[prefix_len:] for s in seqs], pad_id)
+    rows, pos = scored_positions(np.asarray(starts), lens + prefix_len, offset=prefix_len)
+    counts = np.bincount(rows, minlength=len(seqs)); w = int(counts.max(initial=0))
+    slot = rows * w + np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)  # row r's j-th token: r*W + j
+    return ids, rows * ids.shape[1] + pos, slot, w
+
 @torch.inference_mode()
 def forward_nll(model, # causal LM
                 seqs:list, # full token sequences (prefix included)
@@ -169,26 +218,25 @@ def forward_nll(model, # causal LM
                 prefix_len:int=0, # tokens at the start of every sequence held in `kv`
                 kv:list|None=None, # key/values of the shared prefix (`prefix_kv`)
                 pad_id:int=0, # padding id
-                per_token:bool=False, # also return each scored token's loss
+                per_token:bool=False, # also return each scored token's loss (one host sync)
                )->tuple[torch.Tensor, list|None]: # (NLL sum per row, per-token losses per row or None)
-    "Summed NLL of the scored tokens of each sequence, logits only at scored positions."
+    "Summed NLL of the scored tokens of each sequence, logits only at scored positions, no host sync."
     dev, body = next(model.parameters()).device, _body(model)
-    ids, lens = pad_batch([s[prefix_len:] for s in seqs], pad_id)
+    ids, at, slot, w = batch_layout(seqs, starts, prefix_len, pad_id)
+    ids_t, at_t, slot_t = device_ints([ids, at, slot], dev)   # indices are ready before the forward starts
     b, l = ids.shape
-    rows, pos = scored_positions(np.asarray(starts), lens + prefix_len, offset=prefix_len)
-    ids_t = torch.from_numpy(ids).to(dev, non_blocking=True)
     # No padding mask: padding is on the right, so under the causal mask no real token ever sees it; the hidden
     # states computed at padded positions are never gathered. Plain causal attention takes the fast kernel path.
-    kw = dict(input_ids=ids_t, position_ids=torch.arange(prefix_len, prefix_len + l, device=dev).expand(b, l))
-    if prefix_len: kw[_cache_kw(body)] = _expand_cache(model, kv, b)
+    # Position ids only after a prefix (without one the default 0..l-1 is right, and transformers then skips a
+    # packed-sequence check that waits for the GPU).
+    kw = dict(input_ids=ids_t)
+    if prefix_len: kw.update({"position_ids": torch.arange(prefix_len, prefix_len + l, device=dev).expand(b, l),
+                              _cache_kw(body): _expand_cache(model, kv, b)})
     with _hf_quiet(): h = body(**kw, use_cache=bool(prefix_len)).last_hidden_state
-    rows_t, pos_t = torch.from_numpy(rows).to(dev), torch.from_numpy(pos).to(dev)
-    nll = head_nll(model, h[rows_t, pos_t], ids_t[rows_t, pos_t + 1])
-    sums = torch.zeros(b, dtype=torch.float32, device=dev).index_add_(0, rows_t, nll)
-    toks = None
-    if per_token:
-        cuts = np.cumsum(np.bincount(rows, minlength=b))[:-1]
-        toks = np.split(nll.cpu().numpy(), cuts)
+    nll = head_nll(model, h.reshape(b * l, -1)[at_t], ids_t.view(-1)[at_t + 1])
+    # per-row sums without atomics: each token has its own slot in a [B, W] matrix, summed along rows (same bits every run)
+    sums = nll.new_zeros(b * w).index_put_((slot_t,), nll).view(b, w).sum(1)
+    toks = np.split(nll.cpu().numpy(), np.cumsum(np.bincount(at // l, minlength=b))[:-1]) if per_token else None
     return sums, toks
 
 # %% ../nbs/03_scoring.ipynb #19d6bcd9
@@ -199,14 +247,21 @@ def plan_shards(lengths:np.ndarray, # a length per row (the sort key)
     order = np.argsort(lengths, kind="stable")
     return [order[i:i+shard_rows] for i in range(0, len(order), shard_rows)]
 
+def batch_end(lengths:np.ndarray, # padded cost of each item, sorted ascending
+              start:int, # first item of the batch
+              batch_tokens:int, # budget: rows × longest row
+             )->int: # one past the batch's last item (at least `start + 1`)
+    "End of the greedy token-budget batch that starts at `start`."
+    L = lengths[start:]
+    return start + max(1, int(np.searchsorted(np.arange(1, len(L) + 1) * L, batch_tokens, side="right")))
+
 def plan_batches(lengths:np.ndarray, # padded cost of each item (tokens)
                  batch_tokens:int, # budget: rows × longest row per batch
                 )->list[np.ndarray]: # item indices of each batch (input must be sorted by length)
     "Greedy token-budget batches over items already sorted by length."
     out, start = [], 0
-    for i in range(1, len(lengths) + 1):
-        if i == len(lengths) or (i + 1 - start) * lengths[i] > batch_tokens:
-            out.append(np.arange(start, i)); start = i
+    while start < len(lengths):
+        end = batch_end(lengths, start, batch_tokens); out.append(np.arange(start, end)); start = end
     return out
 
 # %% ../nbs/03_scoring.ipynb #81085b12
@@ -222,19 +277,21 @@ class ShardScorer:
                  bar=None, # progress bar to advance (rows)
                 ):
         self.model, self.pad_id, self.prefixes, self.per_token, self.bar = model, pad_id, prefixes, per_token, bar
-        self.batch_tokens, self.warned, self.tokens = batch_tokens, False, 0
+        self.batch_tokens, self.warned, self.tokens, self.computed = batch_tokens, False, 0, 0
         self.kv = [prefix_kv(model, p) for p in prefixes]
 
     def _run(self, seqs, starts, k, per_token):
+        "One batch: (sums, per-token losses), or None when it ran out of memory (the budget is then lowered)."
         plen, kv = (len(self.prefixes[k]), self.kv[k]) if k >= 0 else (0, None)
         try: return forward_nll(self.model, seqs, starts, plen, kv, self.pad_id, per_token)
         except RuntimeError as e:
             if not _is_oom(e) or len(seqs) == 1: raise
-            if torch.cuda.is_available(): torch.cuda.empty_cache()
-            if not self.warned: warnings.warn(f"out of memory on a batch of {len(seqs)} rows: splitting batches (batch_tokens now {self.batch_tokens // 2})")
-            self.warned, self.batch_tokens, h = True, max(1, self.batch_tokens // 2), len(seqs) // 2
-            a, b = self._run(seqs[:h], starts[:h], k, per_token), self._run(seqs[h:], starts[h:], k, per_token)
-            return torch.cat([a[0], b[0]]), (a[1] + b[1] if per_token else None)
+        # Out of the `except` block: its traceback held the failed forward's tensors; now they are free.
+        if torch.cuda.is_available(): torch.cuda.empty_cache()
+        padded = len(seqs) * max(len(s) - plen for s in seqs)
+        self.batch_tokens = max(1, min(self.batch_tokens, padded) // 2)
+        if not self.warned: warnings.warn(f"out of memory on a batch of {len(seqs)} rows: smaller batches from here on (batch_tokens now {self.batch_tokens})")
+        self.warned = True
 
     def score(self, cond_ids:list, resp_start:np.ndarray, uncond_ids:list, uncond_start:np.ndarray, ok:np.ndarray)->dict:
         "Cond/uncond NLL sums and token counts for one shard's rows (`ok` marks rows to score)."
@@ -254,15 +311,20 @@ class ShardScorer:
         pending = []
         for g in np.unique(grp):
             idx = order[grp[order] == g]
-            for b in plan_batches(cost[idx], self.batch_tokens):
-                it = idx[b]; r, c = rows[it], is_cond[it]
+            at = 0
+            while at < len(idx):  # one batch at a time, so a budget lowered by an OOM applies to the rest of the group
+                end = batch_end(cost[idx], at, self.batch_tokens)
+                it = idx[at:end]; r, c = rows[it], is_cond[it]
                 seqs = [cond_ids[x] if cc else uncond_ids[x] for x, cc in zip(r, c)]
                 st = np.where(c, resp_start[r], uncond_start[r])
-                s, t = self._run(seqs, st, int(g) if g >= 0 else -1, self.per_token and bool(c[0]))
+                res = self._run(seqs, st, int(g) if g >= 0 else -1, self.per_token and bool(c[0]))
+                if res is None: continue  # out of memory: the same rows again, in smaller batches
+                s, t = res; at = end
                 pending.append((bool(c[0]), r, s))
                 if t is not None:
                     for x, tt in zip(r, t): toks[x] = tt
                 self.tokens += int(cost[it].sum() + plen[it].sum())  # every token of both views, prefix included
+                self.computed += int(cost[it].sum())  # tokens the body ran on (no cached prefix)
                 if self.bar is not None: self.bar.update(len(it) / 2); self.bar.set_postfix_str(self._rate(), refresh=False)
         for c, r, s in pending: sums[c][torch.from_numpy(r)] = s.float().cpu()  # one host sync per shard
         return dict(cond_sum=sums[True].numpy(), uncond_sum=sums[False].numpy(), n_cond=np.maximum(clen - resp_start, 0),
@@ -314,7 +376,9 @@ def scoring_dtype(dtype:str="auto", # auto, float32, bfloat16
                  )->torch.dtype:
     "`auto`: bf16 on CUDA and on CPUs with native bf16, else fp32."
     if dtype in (None, "auto") and get_device(device).type == "cpu":
-        return torch.bfloat16 if cpu_has_bf16() else torch.float32
+        dt = torch.bfloat16 if cpu_has_bf16() else torch.float32
+        logger.info(f"dtype auto: {dt} on the CPU ({'with' if dt == torch.bfloat16 else 'no'} native bf16 instructions)")
+        return dt
     return get_dtype(dtype, device)
 
 # %% ../nbs/03_scoring.ipynb #39e0ef74
@@ -350,21 +414,38 @@ class Ragged:
     @property
     def lengths(self)->np.ndarray: return np.diff(self.offsets)
 
+# %% ../nbs/03_scoring.ipynb #bca0568c
+def default_batch_tokens(model, # causal LM
+                         device:torch.device|None=None, # where it runs (default: where its weights are)
+                         share:float=0.5, # part of the free GPU memory the activations may use
+                        )->int: # padded tokens per forward
+    "Token budget per forward: 4096 on a CPU; on a GPU, from its free memory and the model's activation size per token."
+    dev = device or next(model.parameters()).device
+    if dev.type != "cuda": return 4096
+    c = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    hid, heads, layers = c.hidden_size, c.num_attention_heads, c.num_hidden_layers
+    kv = (getattr(c, "num_key_value_heads", None) or heads) * (getattr(c, "head_dim", None) or hid // heads)
+    inter = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * hid
+    per_token = next(model.parameters()).element_size() * (2 * layers * kv + 6 * hid + 3 * inter)
+    free = torch.cuda.mem_get_info(dev)[0] - 2 * head_chunk_bytes(dev)
+    n = max(1, int(share * free / per_token))
+    return int(min(max(2 ** int(math.log2(n)), 4096), 2**18))
+
 # %% ../nbs/03_scoring.ipynb #519b601c
 def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
                     model, # causal LM (eval mode, on its device)
                     pad_id:int=0, # padding id
-                    batch_tokens:int|None=None, # padded tokens per forward (default: 16384 on GPU, 4096 on CPU)
+                    batch_tokens:int|None=None, # padded tokens per forward (default: `default_batch_tokens`)
                     per_token:bool=False, # keep per-token conditional losses
                     store:ShardStore|None=None, # where finished shards go (None: no caching)
                     shard_rows:int=2048, # rows per shard
                     shards:list[int]|None=None, # only these shard numbers (for multi-process runs)
                     prefix_cache:bool=True, # encode shared prompt prefixes once
                     desc:str="scoring", # progress bar label
-                   )->dict: # per-row arrays: cond_sum, uncond_sum, n_cond, n_uncond, token_losses
+                    compile:bool=False, # `torch.compile` the model body first (opt-in: it stays compiled; the first batches are slow)
+                   )->dict: # per-row arrays: cond_sum, uncond_sum, n_cond, n_uncond, token_losses; shards_cached, shards_computed, tokens_computed
     "Run the engine over tokenized rows; finished shards are read from / written to `store`."
-    dev = next(model.parameters()).device
-    batch_tokens = batch_tokens or (16384 if dev.type == "cuda" else 4096)
+    batch_tokens = batch_tokens or default_batch_tokens(model)
     t = arrow_table(tok)
     cond, unc = Ragged(t["cond_ids"]), Ragged(t["uncond_ids"])
     rs = t["resp_start"].to_numpy().astype(np.int64)
@@ -374,9 +455,8 @@ def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
     lengths = cond.lengths + unc.lengths
     plan = plan_shards(lengths, shard_rows)
     todo = [k for k in (range(len(plan)) if shards is None else shards)]
-    if prefix_cache and not check_fast_head(model):
-        raise SmallselError(f"{type(model).__name__}: the fast output head does not reproduce the model's logits; "
-                            "this architecture needs support in smallsel_nb.scoring (please report it)")
+    require_fast_head(model)  # every batch goes through the fast head, with or without a prefix cache
+    if compile: _body(model).compile(dynamic=True)  # shapes vary from batch to batch
     sample = np.random.default_rng(0).choice(n, min(n, 2000), replace=False) if n else np.array([], int)
     prefixes = find_prefixes([cond[i] for i in sample], rs[sample]) if prefix_cache else []
     out = dict(cond_sum=np.full(n, np.nan), uncond_sum=np.full(n, np.nan), n_cond=np.zeros(n, np.int64),
@@ -396,6 +476,7 @@ def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
         for i, t in zip(rows, d["token_losses"]): out["token_losses"][i] = t
     bar.close()
     out["shards_cached"], out["shards_computed"] = n_cached, len(todo) - n_cached
+    out["tokens_computed"] = scorer.computed if scorer else 0  # tokens the body ran on here (cached prefixes and shards excluded)
     return out
 
 # %% ../nbs/03_scoring.ipynb #86313d29
@@ -441,7 +522,7 @@ def prepare_scoring(data, # rows: anything `data.load_rows` reads, or a `Dataset
           model, # a model name/path/alias/preset (`models.load_lm`) or a (model, tokenizer) pair
           template:str="alpaca", # prompt template: alpaca, chat or none
           max_length:int|None=None, # longest prompt + response in tokens (None: the model's limit, at most 1024)
-          batch_tokens:int|None=None, # padded tokens per forward (default: 16384 on GPU, 4096 on CPU)
+          batch_tokens:int|None=None, # padded tokens per forward (default: 4096 on CPU, from free memory on GPU)
           device:str="auto", # auto, cpu, cuda
           dtype:str="auto", # auto (bf16 on GPU and bf16-capable CPUs, else fp32), float32, bfloat16
           cache_dir:str|Path|bool|None=None, # shard cache root (None: `$SMALLSEL_CACHE/scores`; False: no cache)
@@ -503,7 +584,7 @@ def cli_score(data:str, # rows to score: .jsonl/.json/.parquet/.csv file, datase
               out:Param("output file, .parquet or .jsonl", str, required=True)=None,
               template:Param("prompt template", str, choices=["alpaca", "chat", "none"])="alpaca",
               max_length:int=None, # longest prompt + response in tokens (default: the model's limit, at most 1024)
-              batch_tokens:int=None, # padded tokens per forward (default: 16384 on GPU, 4096 on CPU)
+              batch_tokens:int=None, # padded tokens per forward (default: 4096 on CPU, from free memory on GPU)
               device:Param("device", str, choices=["auto", "cpu", "cuda"])="auto",
               dtype:Param("model dtype", str, choices=["auto", "float32", "bfloat16"])="auto",
               cache_dir:str=None, # shard cache folder (default: $SMALLSEL_CACHE/scores)

@@ -16,15 +16,15 @@ from datasets import Dataset
 from fastcore.script import Param
 
 from .core import (SmallselError, row_error, get_device, set_seed, progress, fingerprint, table_fingerprint,
-                              matmul_params, train_flops)
+                              matmul_params, train_flops, cuda_has_bf16, logger, tf32_matmul)
 from .data import tokenize_for_scoring
 from .synth import exact_match
 from .scoring import Ragged, arrow_table, pad_batch, scored_positions, head_nll, forward_nll, plan_batches, _body, _hf_quiet
 
 # %% auto #0
 __all__ = ['CKPT', 'TokenRows', 'token_rows', 'schedule', 'padded_tokens', 'lr_at', 'response_nll', 'row_nll', 'eval_loss',
-           'generate', 'Evaluator', 'evaluate', 'save_checkpoint', 'load_checkpoint', 'TrainResult', 'train_lm',
-           'cli_finetune']
+           'generate', 'Evaluator', 'evaluate', 'save_checkpoint', 'load_checkpoint', 'TrainResult', 'master_fp32',
+           'train_lm', 'cli_finetune']
 
 # %% ../nbs/05_train.ipynb #f8c90025
 @dataclass
@@ -130,6 +130,7 @@ def response_nll(model, # causal LM
 
 # %% ../nbs/05_train.ipynb #7b4eaa7d
 @torch.no_grad()
+@tf32_matmul()  # fp32 work on a GPU may use TF32 tensor cores
 def row_nll(model, # causal LM
             rows:TokenRows, # tokenized rows (`token_rows`)
             pad_id:int, # padding id
@@ -155,6 +156,7 @@ def eval_loss(model, # causal LM
 
 # %% ../nbs/05_train.ipynb #fdc2c91c
 @torch.no_grad()
+@tf32_matmul()  # fp32 work on a GPU may use TF32 tensor cores
 def generate(model, # causal LM
              tokenizer, # its tokenizer
              prompts:list, # prompt token ids per row (BOS and template included)
@@ -348,9 +350,9 @@ class _Dist:
         if self.world > 1: torch.distributed.barrier()
 
 def _autocast(dev:torch.device, precision:str):
-    "bf16 autocast on a bf16-capable GPU (or when asked), else nothing (fp32)."
+    "bf16 autocast on a GPU with native bf16 (or when asked), else nothing (fp32)."
     if precision not in ("auto", "fp32", "bf16"): raise SmallselError(f"precision={precision!r}: choose auto, fp32 or bf16")
-    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported())
+    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda" and cuda_has_bf16())
     return torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 def _optimizer(model, lr, weight_decay, betas, dev):
@@ -365,6 +367,18 @@ def _run_key(train, model, settings)->str:
     from smallsel_nb.models import weights_fingerprint
     cols = [c for c in ("instruction", "input", "output") if c in train.column_names]
     return fingerprint(table_fingerprint(train, cols), weights_fingerprint(model), settings)
+
+# %% ../nbs/05_train.ipynb #2fc95913
+def master_fp32(model, # the model about to be trained (in place)
+               )->torch.dtype|None: # the low-precision dtype its weights had, or None when they were fp32 already
+    "Train fp32 master weights: a bf16/fp16 model is converted to fp32 (the forward may still run under autocast)."
+    low = {p.dtype for p in model.parameters() if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)}
+    if not low: return None
+    model.float()
+    logger.warning(f"training in fp32: the model's {'/'.join(map(str, low))} weights were converted to fp32 master weights "
+                   "(updates smaller than 1/256 of a weight would vanish in bf16); the forward runs under bf16 autocast "
+                   "on a GPU with native bf16")
+    return low.pop()
 
 # %% ../nbs/05_train.ipynb #d8088469
 def train_lm(model, # causal LM (`make_lm`, `load_lm`); trained in place
@@ -392,14 +406,14 @@ def train_lm(model, # causal LM (`make_lm`, `load_lm`); trained in place
              resume:bool=True, # resume from `checkpoint_dir` when it holds this run's checkpoint
              seed:int=0, # seed of the row order
              device:str="auto", # where to train: auto, cpu, cuda
-             precision:str="auto", # auto (bf16 autocast on a CUDA GPU, else fp32), fp32 or bf16
+             precision:str="auto", # forward under: auto (bf16 autocast on a GPU with native bf16, else fp32), fp32 or bf16
              desc:str="train", # progress bar label
              log:bool=False, # print one line per evaluation
             )->TrainResult:
     "Fine-tune (or train from scratch) a causal LM on the responses of `train`; evaluate on `eval`."
     # --- set-up: rows, schedule, optimizer, checkpoint ---
     dist = _Dist(device); dev = dist.device
-    model.to(dev)
+    model.to(dev); master_fp32(model)                                          # weights and AdamW state in fp32
     rows = token_rows(train, tokenizer, template, max_length, source="train")
     ev = eval if isinstance(eval, Evaluator) or eval is None else Evaluator.make(eval, tokenizer, template, max_length)
     steps = schedule(len(rows), batch_size, grad_accum, epochs, max_steps, seed, rows.ids.lengths, group_by_length)

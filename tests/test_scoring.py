@@ -99,3 +99,79 @@ def test_oom_halves_the_batch_and_warns_once(monkeypatch):
     oom = [x for x in w if "out of memory" in str(x.message)]
     assert len(oom) == 1
     np.testing.assert_allclose(np.array(got["cond_loss"], float), np.array(want["cond_loss"], float), rtol=1e-5)
+
+def test_oom_retry_runs_after_the_failed_batch_is_freed(monkeypatch):
+    "The retry after an out-of-memory error starts only once the failed forward's tensors are gone (no traceback holds them)."
+    import gc, weakref, torch
+    import smallsel_nb.scoring as S
+    rows = make_noisy_instructions(30, seed=2)
+    model = make_lm("tiny", seed=0)
+    want = score(rows, model, cache_dir=False, batch_tokens=4096)
+    real, held, alive = S.forward_nll, [], []
+    def oom_once(model, seqs, *a, **k):
+        if not held:
+            big = torch.ones(1 << 16)  # stands for the activations of the failed forward
+            held.append(weakref.ref(big)); raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        alive.append(held[0]() is not None)
+        return real(model, seqs, *a, **k)
+    monkeypatch.setattr(S, "forward_nll", oom_once)
+    gc.disable()  # freed by reference counting when the `except` block ends, not by a lucky collection
+    try:
+        with pytest.warns(UserWarning, match="out of memory"):
+            got = score(rows, model, cache_dir=False, batch_tokens=4096)
+    finally: gc.enable()
+    assert alive and not any(alive), "the failed batch was still alive while the retry ran"
+    np.testing.assert_allclose(np.array(got["cond_loss"], float), np.array(want["cond_loss"], float), rtol=1e-6)
+
+def test_oom_lowers_the_budget_for_the_rest_of_the_run(monkeypatch):
+    "After one OOM, later batches (rest of the prefix group, later groups and shards) are planned small enough: no second OOM."
+    import torch
+    import smallsel_nb.scoring as S
+    rows = make_noisy_instructions(80, seed=4)
+    model = make_lm("tiny", seed=0)
+    want = score(rows, model, cache_dir=False, batch_tokens=4096, shard_rows=40)
+    real, ooms, calls = S.forward_nll, [], []
+    def small_memory(model, seqs, starts, prefix_len=0, *a, **k):
+        padded = len(seqs) * max(len(s) - prefix_len for s in seqs)
+        calls.append(padded)
+        if padded > 2048: ooms.append(padded); raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(model, seqs, starts, prefix_len, *a, **k)
+    monkeypatch.setattr(S, "forward_nll", small_memory)
+    with pytest.warns(UserWarning, match="out of memory"):
+        got = score(rows, model, cache_dir=False, batch_tokens=4096, shard_rows=40)
+    assert len(ooms) == 1, f"{len(ooms)} out-of-memory errors for {len(calls)} batches"
+    assert max(calls[calls.index(ooms[0]) + 1:]) <= 2048  # every batch after the OOM fits
+    for c in ("cond_loss", "uncond_loss"):
+        np.testing.assert_allclose(np.array(got[c], float), np.array(want[c], float), rtol=1e-6)
+
+def test_head_nll_chunks_are_checkpointed_under_autograd():
+    "Small chunks under autograd (checkpointed) give the same losses and gradients as one chunk."
+    import torch
+    from smallsel_nb.scoring import head_nll, head_chunk_bytes
+    assert head_chunk_bytes(torch.device("cuda")) == 2**30 and head_chunk_bytes(torch.device("cpu")) == 2**27
+    model, _ = make_lm("tiny", seed=0); model.train()
+    V = model.get_output_embeddings().weight.shape[0]
+    h0, t = torch.randn(50, model.config.hidden_size), torch.randint(0, V, (50,))
+    out = []
+    for chunk in (4 * V * 7, None):  # 8 chunks of 7 rows, then one chunk
+        model.zero_grad(); h = h0.clone().requires_grad_()
+        nll = head_nll(model, h, t, chunk_bytes=chunk); nll.sum().backward()
+        out.append((nll.detach(), h.grad, model.get_output_embeddings().weight.grad.clone()))
+    for a, b in zip(*out): torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+def test_forward_nll_passes_position_ids_only_after_a_prefix(monkeypatch):
+    "Without a prefix no position ids (transformers then skips a packed-sequence check that syncs with the GPU); with one, they continue it."
+    import functools, torch
+    from smallsel_nb.scoring import forward_nll, prefix_kv, _body, device_ints
+    m, _ = make_lm("tiny-llama", seed=0)
+    body, seen = _body(m), []
+    real = body.forward
+    monkeypatch.setattr(body, "forward", functools.wraps(real)(lambda *a, **k: seen.append(k) or real(*a, **k)))
+    seqs, starts = [[1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 9]], np.array([5, 3])
+    plain, _ = forward_nll(m, seqs, starts)
+    cached, _ = forward_nll(m, seqs, starts, prefix_len=2, kv=prefix_kv(m, np.array([1, 2])))
+    calls = [k for k in seen if k.get("input_ids") is not None and k["input_ids"].shape[0] == 2]
+    assert "position_ids" not in calls[0] and calls[1]["position_ids"][0].tolist() == list(range(2, 7))
+    torch.testing.assert_close(plain, cached, rtol=1e-5, atol=1e-5)
+    a, b = device_ints([np.arange(6).reshape(2, 3), np.array([7])], torch.device("cpu"))
+    assert a.shape == (2, 3) and a.dtype == torch.int64 and b.tolist() == [7]

@@ -142,3 +142,25 @@ def test_two_processes_match_one(tmp_path):
     subprocess.run([sys.executable, str(tmp_path/"ddp.py"), str(tmp_path/"one.pt")], env=env, check=True, capture_output=True, timeout=300)
     one, two = torch.load(tmp_path/"one.pt"), torch.load(tmp_path/"two.pt")
     for k in one: torch.testing.assert_close(one[k], two[k], rtol=1e-4, atol=1e-4)
+
+def test_bf16_model_trains_fp32_master_weights():
+    "A bf16 model is trained in fp32: parameters stay fp32 and a 1e-6 update of a weight equal to 1.0 is kept."
+    rows = make_noisy_instructions(32, noise=0.0, seed=0)
+    kw = dict(max_steps=1, batch_size=8, template="none", lr=1e-6, warmup=0, weight_decay=0.0, eval_start=False)
+    a, t = make_lm("tiny-llama", seed=0); a.to(torch.bfloat16)
+    b, _ = make_lm("tiny-llama", seed=0); b.to(torch.bfloat16).float()       # the same start, upcast by hand
+    norm0 = a.model.norm.weight.detach().float().clone()
+    train_lm(a, t, rows, **kw)
+    train_lm(b, t, rows, **kw)
+    assert all(p.dtype == torch.float32 for p in a.parameters())
+    moved = (a.model.norm.weight.detach() - norm0).abs()
+    assert torch.equal(norm0, torch.ones_like(norm0)) and 0 < moved.max() < 1e-5   # a 1e-6 step, not rounded away
+    for (n, p), q in zip(a.named_parameters(), b.parameters()): assert torch.equal(p, q), n
+
+def test_master_fp32_says_what_it_did(caplog):
+    from smallsel_nb.train import master_fp32
+    m, _ = make_lm("tiny", seed=0)
+    assert master_fp32(m) is None
+    m.to(torch.bfloat16)
+    with caplog.at_level("WARNING", logger="smallsel_nb"): assert master_fp32(m) == torch.bfloat16
+    assert next(m.parameters()).dtype == torch.float32 and "fp32 master weights" in caplog.text
