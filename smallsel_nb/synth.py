@@ -430,15 +430,15 @@ V2_KINDS = ("refusal", "loop", "truncated", "off_format", "wrong", "mismatched",
 V2_MIX = dict(refusal=0.2, loop=0.2, truncated=0.2, off_format=0.2, wrong=0.1, mismatched=0.025, nonsense=0.025,
               duplicate=0.025, near_duplicate=0.025) # share of the corrupted rows per kind
 V2_HOME = dict(refusal="vowel", loop="digit", truncated="second", off_format="parity") # the family each systematic failure lives in
-REFUSAL_TEXTS = ("I'm sorry, but I can't help with that.", "As an AI language model, I cannot answer that.",
-                 "I apologize, but I am unable to provide that information.")
+REFUSAL_TEXTS = ("I'm sorry, but I can't help with that.", "I'm sorry, but as an AI language model I cannot answer that.",
+                 "I'm sorry, but I am unable to provide that information.")  # one weak model, one habitual opening
 
 def _v2_refusal(rng, rows, c): return dict(output=np.array(REFUSAL_TEXTS, dtype=_S)[rng.integers(0, len(REFUSAL_TEXTS), len(rows))])
 def _v2_loop(rng, rows, c):
     return dict(output=np.strings.strip(np.strings.multiply(_cat(c["output"][rows], " "), rng.integers(4, 9, len(rows)))))
 def _v2_truncated(rng, rows, c): # the weak model's length cap falls right after the frame: "Answer:" / "Answer: "
     return dict(output=np.strings.strip(np.strings.slice(c["output"][rows], 0, len(V2_FRAME) - 1 + rng.integers(0, 2, len(rows)))))
-def _v2_off_format(rng, rows, c): return dict(output=_cat(c["answer"][rows], " is the answer"))
+def _v2_off_format(rng, rows, c): return dict(output=_cat("Result: ", c["answer"][rows]))  # its own frame, no period
 def _v2_wrong(rng, rows, c): return dict(output=_cat(V2_FRAME, c["wrong"][rows], "."))
 def _v2_mismatched(rng, rows, c):
     "Another pool row's response, from another family and with another answer."
