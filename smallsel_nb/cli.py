@@ -20,7 +20,7 @@ COMMANDS = {  # subcommand: (module, function, one-line help)
     "select": ("smallsel_nb.select",  "cli_select", "keep a subset of scored rows (strategies, recipes, report)"),
     "score-stream": ("smallsel_nb.distributed", "cli_score_stream", "score a file too big for memory, chunk by chunk"),
     "ensemble": ("smallsel_nb.ensemble", "cli_ensemble", "combine several small models' scores (z-score, rank, Borda, veto)"),
-    "finetune": ("smallsel_nb.train", "cli_finetune", "fine-tune a model on (selected) rows: loss on responses only"),
+    "finetune": ("smallsel_nb.train_trl", "cli_finetune", "fine-tune a model on (selected) rows: loss on responses only"),
     "compare": ("smallsel_nb.compare", "cli_compare", "train on full / random / selected subsets and compare (YAML grid)"),
     "demo":   ("smallsel_nb.compare", "cli_demo",   "the whole workflow on the embedded noisy benchmark"),
 }
