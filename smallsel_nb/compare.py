@@ -21,6 +21,7 @@ from .models import make_lm, load_lm, resolve_model
 from .scoring import score, Ragged, arrow_table
 from .select import Pipeline, Step, Selection, RECIPES, Random
 from .train import train_lm, TrainResult
+from .train_trl import fit
 
 # %% auto #0
 __all__ = ['DEMO', 'DEMO_FULL', 'scoring_tokens', 'Cost', 'scoring_cost', 'Arm', 'make_arms', 'mean_ci', 'fmt_ci',
@@ -262,7 +263,7 @@ def compare(pool:Dataset, # the training pool (with score columns when selection
             random:bool=True, # train on a random subset at each budget
             checkpoint_root:str|Path|None=None, # per-run checkpoint folders (resume a killed comparison)
             log:bool=True, # print one line per run
-            **train_kw, # settings for `train_lm` (epochs, lr, batch_size, template, eval_every, ...), the same for every arm
+            **train_kw, # settings for `train_trl.fit` (backend, lora, epochs, lr, batch_size, template, eval_every, ...), the same for every arm
            )->CompareResult:
     "Train the large model on the full pool, random subsets and selections over seeds; evaluate and account compute."
     if len(pool) == 0: raise SmallselError("the pool is empty")
@@ -275,7 +276,7 @@ def compare(pool:Dataset, # the training pool (with score columns when selection
             idx = arm.pick(pool, seed)
             m, tok = make(seed)
             ck = Path(checkpoint_root)/f"{arm.label()}-seed{seed}" if checkpoint_root else None
-            r = train_lm(m, tok, pool.select(idx), eval, seed=seed, checkpoint_dir=ck, desc=f"{arm.label()} seed {seed}", **train_kw)
+            r = fit(m, tok, pool.select(idx), eval, seed=seed, checkpoint_dir=ck, desc=f"{arm.label()} seed {seed}", **train_kw)
             sel_f, sel_s = (cost.flops, cost.seconds) if arm.charged else (0.0, 0.0)
             f = r.final
             recs.append(dict(label=arm.label(), arm=arm.name, budget=arm.budget if arm.budget is not None else len(idx) / len(pool),
