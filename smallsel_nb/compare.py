@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_compare.ipynb #b48e9200
 from __future__ import annotations
-import json, math, os, time
+import importlib.util, json, math, os, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -15,7 +15,7 @@ import torch
 from datasets import Dataset
 from fastcore.script import Param
 
-from .core import SmallselError, set_seed, matmul_params, forward_flops, train_flops
+from .core import SmallselError, optional, set_seed, matmul_params, forward_flops, train_flops
 from .data import tokenize_for_scoring
 from .models import make_lm, load_lm, resolve_model
 from .scoring import score, Ragged, arrow_table
@@ -195,9 +195,9 @@ class CompareResult:
     def plot(self, path:str|Path|None=None, # save the figure here (png, pdf, svg)
             ):
         "Learning curves (eval loss vs total FLOPs) and final exact match with 95% intervals."
-        import matplotlib
+        matplotlib = optional("matplotlib", "notebooks")
         if path is not None and not _interactive(): matplotlib.use("Agg")  # no display needed to write a file
-        import matplotlib.pyplot as plt
+        plt = optional("matplotlib.pyplot", "notebooks")
         fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
         c = self.curves()
         for arm, g in c.groupby("arm", sort=False): a.plot(g.flops, g.eval_loss, marker="o", ms=3, label=arm)
@@ -228,7 +228,9 @@ class CompareResult:
             ):
         "Write the results, the learning curves and the table with its verdict."
         out = Path(out); out.mkdir(parents=True, exist_ok=True)
-        self.to_json(out/"results.json"); self.plot(out/"curves.png")
+        self.to_json(out/"results.json")
+        if importlib.util.find_spec("matplotlib"): self.plot(out/"curves.png")
+        else: print(f'note: {out/"curves.png"} not drawn: matplotlib is not installed (pip install "smallsel_nb[notebooks]")')
         (out/"table.md").write_text(self.table().to_html(index=False) + "\n\n" + "\n".join(f"- {v}" for v in self.verdict()) + "\n")
 
     def to_json(self, path:str|Path|None=None)->str:
