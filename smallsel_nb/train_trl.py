@@ -267,6 +267,7 @@ def fit(model, # causal LM (`load_lm`, `make_lm`); trained in place
     if gradient_checkpointing: model.gradient_checkpointing_enable()
     res = train_lm(model, tokenizer, train, eval, lr=lr, **kw)
     if out and int(os.environ.get("RANK", "0")) == 0: model.save_pretrained(out); tokenizer.save_pretrained(out)
+    if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.barrier()  # the others wait for the write
     return res
 
 # %% ../nbs/05a_trl.ipynb #7d34fde8

@@ -77,3 +77,19 @@ template: none
     assert list(r.runs.label) == ["full", "random@0.5"] and r.runs.eval_loss.notna().all()
     cfg.write_text(cfg.read_text().replace("lora_targets: c_attn", "lora_targets: q_proj"))
     with pytest.raises(SmallselError, match="'q_proj' is not in GPT2LMHeadModel"): cli_compare(str(cfg))
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_finetune_two_processes_rank0_writes(tmp_path):
+    "torchrun, 2 CPU processes (gloo, DDP): the run finishes, one model folder and history are written (by rank 0), and it equals 1 process."
+    import os, subprocess
+    from smallsel_nb.models import load_lm
+    save_rows(make_noisy_instructions(32, seed=0), tmp_path/"t.jsonl")
+    env = {**os.environ, "SMALLSEL_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    args = ["finetune", str(tmp_path/"t.jsonl"), "--model", "tiny", "--template", "none", "--max-steps", "2", "--batch-size", "8", "--device", "cpu"]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "smallsel_nb.cli", *args, "--out", str(tmp_path/"two")],
+                   env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "smallsel_nb.cli", *args, "--out", str(tmp_path/"one")], env=env, check=True, capture_output=True, timeout=300)
+    assert json.loads((tmp_path/"two"/"history.json").read_text())["steps"] == 2
+    one, two = load_lm(str(tmp_path/"one"))[0].state_dict(), load_lm(str(tmp_path/"two"))[0].state_dict()
+    for k in one: torch.testing.assert_close(one[k], two[k], rtol=1e-4, atol=1e-4)
