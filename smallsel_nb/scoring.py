@@ -451,10 +451,12 @@ def prepare_scoring(data, # rows: anything `data.load_rows` reads, or a `Dataset
           prefix_cache:bool=True, # encode shared prompt prefixes once (faster, same scores)
           verbose:bool=True, # print the tokenization summary
           identity:str|None=None, # the model's `models.model_identity` when known (skips hashing the weights again)
+          columns:dict|str|None=None, # your column names: {"instruction": "question", "output": "answer"} (or "instruction=question,...")
          )->ScoringJob:
     "Load rows and model, tokenize, and key the cache: a job ready to `run`."
     from smallsel_nb.data import load_rows, tokenize_for_scoring
-    ds = data if isinstance(data, Dataset) and {"id", "instruction", "input", "output"} <= set(data.column_names) else load_rows(data)
+    canonical = columns is None and isinstance(data, Dataset) and {"id", "instruction", "input", "output"} <= set(data.column_names)
+    ds = data if canonical else load_rows(data, schema=parse_columns(columns) or "auto")
     if len(ds) == 0: raise SmallselError("no rows to score")
     m, tokenizer, name = _resolve_model(model, dtype, device)
     limit = model_max_length(m)
