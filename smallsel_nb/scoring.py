@@ -520,14 +520,16 @@ class Scorer:
         self.kw = dict(template=template, max_length=max_length, batch_tokens=batch_tokens, system=system)
 
     def rows(self, batch:dict)->Dataset:
-        "The batch's canonical rows (id, instruction, input, output), through the column mapping."
-        from smallsel_nb.data import column_schema
+        "The batch's canonical rows (id, instruction, input, output, error): the column mapping, else the detected schema (chat: the opening exchange)."
+        from smallsel_nb.data import SCHEMAS, column_schema, detect_schema
         cols = list(batch)
-        mapping = self.columns or {k: k for k in ("instruction", "input", "output") if k in cols}
-        conv = column_schema(mapping, cols, "the batch").convert(pa.table({c: list(batch[c]) for c in mapping.values()}), "first")
+        s = column_schema(self.columns, cols, "the batch") if self.columns else SCHEMAS[detect_schema(cols, "the batch")]
+        conv = s.convert(pa.table({c: list(batch[c]) for c in cols}), "first")
         n = len(conv.fields["output"])
         fill = lambda a: pa.compute.fill_null(a.cast(pa.string()), "")
-        return Dataset(pa.table({"id": [f"row-{i}" for i in range(n)], **{f: fill(conv.fields[f]) for f in ("instruction", "input", "output")}}))
+        err = pa.array([conv.errors.get(i) for i in range(n)], pa.string())  # a broken conversation: NaN scores and the reason
+        return Dataset(pa.table({"id": [f"row-{i}" for i in range(n)], **{f: fill(conv.fields[f]) for f in ("instruction", "input", "output")},
+                                 "error": err}))
 
     def __call__(self, batch:dict, # equal-length lists (or arrays) per column
                 )->dict: # score column -> one value per row (cond_loss, uncond_loss, ifd, cond_ppl, uncond_ppl, n_response_tokens, score_error)
