@@ -196,6 +196,7 @@ def train_trl(model, # pretrained causal LM (`load_lm`), fp32 weights; trained i
               device:str="auto", # auto (TRL/accelerate place the model: one GPU per process) or cpu
               precision:str="auto", # auto (bf16 on a GPU with native bf16, else fp32), fp32 or bf16
               out:str|Path|None=None, # save the model (LoRA: the adapter, PEFT's format) and tokenizer here, main process only
+              report_to:str|list="none", # TRL/transformers loggers (wandb, tensorboard, trackio, ...); none by default
               desc:str="train", # run name
               log:bool=False, # print one line per evaluation
              )->TrainResult:
@@ -220,7 +221,7 @@ def train_trl(model, # pretrained causal LM (`load_lm`), fp32 weights; trained i
         gradient_accumulation_steps=grad_accum, learning_rate=lr, lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr": lr / 10 if min_lr is None else min_lr}, warmup_steps=warmup, weight_decay=weight_decay,
         max_grad_norm=grad_clip, adam_beta1=betas[0], adam_beta2=betas[1], bf16=_bf16(precision), use_cpu=device == "cpu",
-        max_length=max_length, completion_only_loss=True, report_to="none", logging_steps=1, disable_tqdm=True,
+        max_length=max_length, completion_only_loss=True, report_to=report_to, logging_steps=1, disable_tqdm=True,
         save_strategy="steps" if ck else "no", save_steps=checkpoint_every or every, save_total_limit=2, seed=seed, data_seed=seed,
         include_num_input_tokens_seen="non_padding", run_name=desc, **_checkpointing(gradient_checkpointing))
     history = json.loads((Path(last)/"history.json").read_text()) if last and (Path(last)/"history.json").exists() else []
@@ -291,6 +292,8 @@ def cli_finetune(data:str, # training rows: .jsonl/.json/.parquet/.csv file, fol
                  checkpoint_dir:str=None, # checkpoint folder (resumes from it; default: OUT/checkpoint)
                  seed:int=0, # seed of the row order and of a preset's initialisation
                  device:str="auto", # auto, cpu, cuda, cuda:1, mps, ... (the builtin loop; trl: auto or cpu)
+                 precision:Param("auto: bf16 mixed precision on a GPU with native bf16, else fp32", str, choices=["auto", "fp32", "bf16"])="auto",
+                 report_to:str="none", # trl backend: where TRL logs (wandb, tensorboard, ...; default none)
                  threads:int=None, # CPU threads for torch (default: torch's choice)
                 )->TrainResult:
     "Fine-tune a causal LM on instruction rows (loss on responses), evaluate, save the model and its history."
@@ -302,10 +305,10 @@ def cli_finetune(data:str, # training rows: .jsonl/.json/.parquet/.csv file, fol
     be = pick_backend(backend, scratch, lora)
     rows, ev = load_rows(data), (load_rows(eval) if eval else None)
     m, tok = load_lm(model, device="cpu" if be == "trl" else process_device(device), dtype="float32", **({"seed": seed} if scratch else {}))
-    kw = dict(batch_size=batch_size) if batch_size else {}
+    kw = ({"batch_size": batch_size} if batch_size else {}) | ({"report_to": report_to} if be == "trl" else {})
     res = fit(m, tok, rows, ev, backend=be, lr=lr, lora=lora, lora_alpha=lora_alpha, lora_targets=lora_targets,
               gradient_checkpointing=gradient_checkpointing, out=out, epochs=epochs, max_steps=max_steps, grad_accum=grad_accum,
-              template=template, max_length=max_length, eval_every=eval_every, seed=seed, device=device,
+              template=template, max_length=max_length, eval_every=eval_every, seed=seed, device=device, precision=precision,
               checkpoint_dir=checkpoint_dir or Path(out)/"checkpoint", log=True, **kw)
     if int(os.environ.get("RANK", "0")) == 0:
         (Path(out)/"history.json").write_text(json.dumps(dict(backend=be, history=res.history, notes=res.notes, steps=res.steps, rows=res.rows,
