@@ -202,24 +202,26 @@ def train_trl(model, # pretrained causal LM (`load_lm`), fp32 weights; trained i
              )->TrainResult:
     "Fine-tune a pretrained causal LM with TRL's `SFTTrainer` on the responses of `train`; evaluate on `eval`."
     trl, _ = require_trl()
+    if max_steps is None and not (epochs > 0): raise SmallselError(f"epochs={epochs}: must be > 0 (or give max_steps)")
     if device not in ("auto", "cpu"): raise SmallselError(f"device={device!r}: the trl backend places the model itself (one GPU per process under torchrun/accelerate); use auto or cpu, and CUDA_VISIBLE_DEVICES to pick GPUs")
     data = sft_dataset(train, tokenizer, template)
     peft_cfg = lora_config(model, lora, lora_alpha, lora_targets) if lora else None
     ev = Evaluator.make(eval, tokenizer, template, max_length) if eval is not None else None
     settings = dict(template=template, max_length=max_length, batch_size=batch_size, grad_accum=grad_accum, epochs=epochs,
                     max_steps=max_steps, lr=lr, min_lr=min_lr, warmup=warmup, weight_decay=weight_decay, grad_clip=grad_clip,
-                    lora=[lora, lora_alpha, lora_targets] if lora else None, seed=seed, v="trl-1")
-    key = fingerprint(table_fingerprint(train, ["instruction", "input", "output"]), weights_fingerprint(model), settings)
+                    betas=list(betas), lora=[lora, lora_alpha, lora_targets] if lora else None, seed=seed, v="trl-1")
     ck = Path(checkpoint_dir) if checkpoint_dir else None
+    if ck:  # a checkpoint belongs to one run: data, starting weights, settings
+        key = fingerprint(table_fingerprint(train, ["instruction", "input", "output"]), weights_fingerprint(model), settings)
     last = _check_run(ck, key, resume) if ck else None
-    if max_steps is None and not (epochs > 0): raise SmallselError(f"epochs={epochs}: must be > 0 (or give max_steps)")
     per_epoch = math.ceil(len(data) / (batch_size * grad_accum * int(os.environ.get("WORLD_SIZE", "1"))))
     total = max_steps or max(1, math.ceil(epochs * per_epoch))
     every = max(1, total // 5) if eval_every is None else (eval_every or total)
     tmp = None if ck else tempfile.mkdtemp(prefix="smallsel-trl-")  # TRL wants an output folder even when it saves nothing
     args = trl.SFTConfig(output_dir=str(ck or tmp), max_steps=total, per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=grad_accum, learning_rate=lr, lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr": lr / 10 if min_lr is None else min_lr}, warmup_steps=warmup, weight_decay=weight_decay,
+        lr_scheduler_kwargs={"min_lr": lr / 10 if min_lr is None else min_lr}, weight_decay=weight_decay,
+        warmup_steps=int(warmup * total) if warmup < 1 else int(warmup),
         max_grad_norm=grad_clip, adam_beta1=betas[0], adam_beta2=betas[1], bf16=_bf16(precision), use_cpu=device == "cpu",
         max_length=max_length, completion_only_loss=True, report_to=report_to, logging_steps=1, disable_tqdm=True,
         save_strategy="steps" if ck else "no", save_steps=checkpoint_every or every, save_total_limit=2, seed=seed, data_seed=seed,

@@ -49,11 +49,13 @@ def test_finetune_backend_trl_without_trl_names_the_extra(tmp_path, capsys):
     assert not (tmp_path/"o").exists()
 
 @pytest.mark.parametrize("args, msg", [(["--lr", "nan"], "lr=nan"), (["--lr", "-1"], "lr=-1"),
-                                       (["--backend", "builtin", "--lora", "4"], "needs the trl backend")])
+                                       (["--backend", "builtin", "--lora", "4"], "needs the trl backend"),
+                                       (["--backend", "trl", "--epochs", "0"], "epochs=0"),
+                                       (["--lora", "4", "--lora-targets", "q_proj"], "'q_proj' is not in GPT2LMHeadModel; its linear modules: c_attn, c_fc, c_proj")])
 def test_finetune_bad_settings(tmp_path, capsys, args, msg):
     save_rows(make_noisy_instructions(8, seed=0), tmp_path/"t.jsonl")
     with pytest.raises(SystemExit) as e: main(["finetune", str(tmp_path/"t.jsonl"), "--out", str(tmp_path/"o"), "--model", "tiny", *args])
-    assert e.value.code == 2 and msg in capsys.readouterr().err
+    assert e.value.code == 2 and msg in capsys.readouterr().err and not (tmp_path/"o").exists()
 
 def test_cli_finetune_lora_saves_a_peft_adapter(tmp_path):
     save_rows(make_noisy_instructions(16, seed=0), tmp_path/"t.jsonl")
