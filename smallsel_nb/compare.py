@@ -20,7 +20,7 @@ from .data import tokenize_for_scoring
 from .models import make_lm, load_lm, resolve_model
 from .scoring import score, Ragged, arrow_table
 from .select import Pipeline, Step, Selection, RECIPES, Random
-from .train import train_lm, TrainResult
+from .train import train_lm, TrainResult, process_device
 from .train_trl import fit
 
 # %% auto #0
@@ -252,7 +252,7 @@ def _model_factory(model):
     if callable(model): return model
     info = resolve_model(model)
     if info["kind"] == "preset": return lambda seed: make_lm(info["name"], seed=seed)
-    return lambda seed: load_lm(model, dtype="float32")
+    return lambda seed: load_lm(model, dtype="float32", device=process_device())  # several processes: each rank's own GPU
 
 def compare(pool:Dataset, # the training pool (with score columns when selections read them)
             eval:Dataset, # clean held-out rows (an `answer` column adds exact match)
