@@ -4,12 +4,14 @@
 
 # %% ../nbs/90_cli.ipynb #d0330f58
 from __future__ import annotations
-import argparse, importlib, sys
+import argparse, importlib, sys, types, typing
 from fastcore.docments import docments
-from fastcore.script import Param, _union_type  # `str|None` annotations parse as their non-None type
+from fastcore.script import Param
+
+from . import __version__
 
 # %% auto #0
-__all__ = ['COMMANDS', 'command_func', 'build_parser', 'command_parser', 'main']
+__all__ = ['COMMANDS', 'command_func', 'build_parser', 'non_none', 'command_parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #67a9593e
 COMMANDS = {  # subcommand: (module, function, one-line help)
@@ -20,7 +22,7 @@ COMMANDS = {  # subcommand: (module, function, one-line help)
     "select": ("smallsel_nb.select",  "cli_select", "keep a subset of scored rows (strategies, recipes, report)"),
     "score-stream": ("smallsel_nb.distributed", "cli_score_stream", "score a file too big for memory, chunk by chunk"),
     "ensemble": ("smallsel_nb.ensemble", "cli_ensemble", "combine several small models' scores (z-score, rank, Borda, veto)"),
-    "finetune": ("smallsel_nb.train", "cli_finetune", "fine-tune a model on (selected) rows: loss on responses only"),
+    "finetune": ("smallsel_nb.train_trl", "cli_finetune", "fine-tune a model on (selected) rows: loss on responses only"),
     "compare": ("smallsel_nb.compare", "cli_compare", "train on full / random / selected subsets and compare (YAML grid)"),
     "demo":   ("smallsel_nb.compare", "cli_demo",   "the whole workflow on the embedded noisy benchmark"),
 }
@@ -36,9 +38,17 @@ def build_parser()->argparse.ArgumentParser:
     "The top-level parser; each subcommand's arguments are added only when that subcommand is used."
     p = argparse.ArgumentParser(prog="smallsel", description="Small model-based data selection for LLM fine-tuning: "
                                 "score a pool with a small model, select a subset, fine-tune a larger model on it.")
+    p.add_argument("--version", action="version", version=f"smallsel {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, _, help) in COMMANDS.items(): sub.add_parser(name, help=help, add_help=False)
     return p
+
+def non_none(anno, # a type annotation
+            ): # `X` for `X|None` / `Optional[X]`, else `anno` unchanged
+    "The type a `X|None` parameter parses as on the command line."
+    if typing.get_origin(anno) not in (typing.Union, types.UnionType): return anno
+    args = [a for a in typing.get_args(anno) if a is not type(None)]
+    return args[0] if len(args) == 1 else anno
 
 def command_parser(f, # a `cli_*` function with docments
                    prog:str, # program name shown in usage
@@ -46,7 +56,7 @@ def command_parser(f, # a `cli_*` function with docments
     "An argparse parser from `f`'s signature and docments, options spelled with hyphens (`--max-length`)."
     p = argparse.ArgumentParser(prog=prog, description=f.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for k, v in docments(f, full=True, returns=False, eval_str=True).items():
-        param = v.anno if isinstance(v.anno, Param) else Param(v.docment, _union_type(v.anno) or v.anno)
+        param = v.anno if isinstance(v.anno, Param) else Param(v.docment, non_none(v.anno))
         param.set_default(v.default)
         kw = param.kwargs
         if param.pre: p.add_argument("--" + k.replace("_", "-"), dest=k, **kw)
@@ -62,10 +72,12 @@ def main(argv:list[str]|None=None, # arguments (default: `sys.argv[1:]`)
         ):
     "Entry point of the `smallsel` console script."
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+    if not argv or argv[0] not in COMMANDS:
         p = build_parser()
-        if argv and argv[0] not in ("-h", "--help"): p.error(f"unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}")
-        p.print_help(); return 0
+        if not argv: p.print_help(sys.stderr); sys.exit(2)  # no command: usage on stderr, exit 2 (as argparse does for errors)
+        if argv[0] in ("-h", "--help"): p.print_help(); return 0
+        if argv[0] == "--version": print(f"smallsel {__version__}"); return 0
+        p.error(f"unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}")
     from smallsel_nb.core import SmallselError
     try: _run(argv[0], argv[1:])
     except SmallselError as e:

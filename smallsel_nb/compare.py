@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_compare.ipynb #b48e9200
 from __future__ import annotations
-import json, math, os, time
+import importlib.util, json, math, os, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -15,12 +15,13 @@ import torch
 from datasets import Dataset
 from fastcore.script import Param
 
-from .core import SmallselError, set_seed, matmul_params, forward_flops, train_flops
+from .core import SmallselError, optional, set_seed, matmul_params, forward_flops, train_flops
 from .data import tokenize_for_scoring
 from .models import make_lm, load_lm, resolve_model
 from .scoring import score, Ragged, arrow_table
 from .select import Pipeline, Step, Selection, RECIPES, Random
-from .train import train_lm, TrainResult, Evaluator
+from .train import train_lm, TrainResult, Evaluator, process_device
+from .train_trl import fit
 
 # %% auto #0
 __all__ = ['DEMO', 'DEMO_V1', 'DEMOS', 'DEMO_FULL', 'scoring_tokens', 'Cost', 'scoring_cost', 'Arm', 'make_arms', 'mean_ci',
@@ -198,9 +199,9 @@ class CompareResult:
     def plot(self, path:str|Path|None=None, # save the figure here (png, pdf, svg)
             ):
         "Learning curves (eval loss vs total FLOPs) and final exact match with 95% intervals."
-        import matplotlib
+        matplotlib = optional("matplotlib", "notebooks")
         if path is not None and not _interactive(): matplotlib.use("Agg")  # no display needed to write a file
-        import matplotlib.pyplot as plt
+        plt = optional("matplotlib.pyplot", "notebooks")
         fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
         c = self.curves()
         for arm, g in c.groupby("arm", sort=False): a.plot(g.flops, g.eval_loss, marker="o", ms=3, label=arm)
@@ -231,7 +232,9 @@ class CompareResult:
             ):
         "Write the results, the learning curves and the table with its verdict."
         out = Path(out); out.mkdir(parents=True, exist_ok=True)
-        self.to_json(out/"results.json"); self.plot(out/"curves.png")
+        self.to_json(out/"results.json")
+        if importlib.util.find_spec("matplotlib"): self.plot(out/"curves.png")
+        else: print(f'note: {out/"curves.png"} not drawn: matplotlib is not installed (pip install "smallsel_nb[notebooks]")')
         (out/"table.md").write_text(self.table().to_html(index=False) + "\n\n" + "\n".join(f"- {v}" for v in self.verdict()) + "\n")
 
     def to_json(self, path:str|Path|None=None)->str:
@@ -270,7 +273,7 @@ def _model_factory(model):
     if callable(model): return model
     info = resolve_model(model)
     if info["kind"] == "preset": return lambda seed: make_lm(info["name"], seed=seed)
-    return lambda seed: load_lm(model, dtype="float32")
+    return lambda seed: load_lm(model, dtype="float32", device=process_device())  # several processes: each rank's own GPU
 
 _HISTORY_KEYS = {"step", "epoch", "tokens", "flops", "lr", "train_loss", "seconds", "eval_loss", "exact_match"}
 
@@ -287,7 +290,7 @@ def compare(pool:Dataset, # the training pool (with score columns when selection
             frame:str|None=None, # how a well-formed response starts (e.g. "Answer:"): adds the off-format check to the defect rates
             temperature:float|None=None, # also measure sampled generations at this temperature (`sampled_*` metrics)
             log:bool=True, # print one line per run
-            **train_kw, # settings for `train_lm` (epochs, lr, batch_size, template, eval_every, ...), the same for every arm
+            **train_kw, # settings for `train_trl.fit` (backend, lora, epochs, lr, batch_size, template, eval_every, ...), the same for every arm
            )->CompareResult:
     "Train the large model on the full pool, random subsets and selections over seeds; evaluate and account compute."
     if len(pool) == 0: raise SmallselError("the pool is empty")
@@ -301,7 +304,7 @@ def compare(pool:Dataset, # the training pool (with score columns when selection
             m, tok = make(seed)
             ck = Path(checkpoint_root)/f"{arm.label()}-seed{seed}" if checkpoint_root else None
             ev = Evaluator.make(eval, tok, train_kw.get("template", "alpaca"), train_kw.get("max_length", 512), frame=frame, temperature=temperature)
-            r = train_lm(m, tok, pool.select(idx), ev, seed=seed, checkpoint_dir=ck, desc=f"{arm.label()} seed {seed}", **train_kw)
+            r = fit(m, tok, pool.select(idx), ev, seed=seed, checkpoint_dir=ck, desc=f"{arm.label()} seed {seed}", **train_kw)
             sel_f, sel_s = (cost.flops, cost.seconds) if arm.charged else (0.0, 0.0)
             f = r.final
             recs.append(dict(label=arm.label(), arm=arm.name, budget=arm.budget if arm.budget is not None else len(idx) / len(pool),

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #20ad5de7
 from __future__ import annotations
-import contextlib, hashlib, json, logging, os, random, re
+import contextlib, hashlib, importlib, json, logging, os, random, re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -17,7 +17,7 @@ logger = logging.getLogger("smallsel_nb")
 # %% auto #0
 __all__ = ['logger', 'SmallselError', 'row_error', 'get_device', 'cpu_has_bf16', 'cuda_has_bf16', 'get_dtype', 'tf32_matmul',
            'set_seed', 'fingerprint', 'arrow_table', 'table_fingerprint', 'cache_root', 'progress', 'matmul_params',
-           'forward_flops', 'train_flops']
+           'forward_flops', 'train_flops', 'optional']
 
 # %% ../nbs/00_core.ipynb #b0e3e95c
 class SmallselError(ValueError):
@@ -40,9 +40,16 @@ def get_device(device:str|torch.device="auto", # "auto", "cpu", "cuda", "cuda:1"
     "Resolve `device`; `auto` picks CUDA when available, else CPU."
     if isinstance(device, torch.device): return device
     if device in (None, "auto"): return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
+    try: dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise SmallselError(f"device={device!r} is not a device torch knows; use auto, cpu, cuda, cuda:1, mps, ...") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise SmallselError(f"device={device!r} was asked for but no CUDA GPU is visible (torch {torch.__version__}); use --device cpu")
-    return torch.device(device)
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise SmallselError(f"device={device!r}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise SmallselError(f"device={device!r} was asked for but MPS (Apple GPU) is not available; use --device cpu")
+    return dev
 
 # %% ../nbs/00_core.ipynb #65657f0a
 def cpu_has_bf16()->bool:
@@ -153,3 +160,12 @@ def matmul_params(model:torch.nn.Module, # any torch model
 
 def forward_flops(n_params:int, tokens:int)->float: return 2.0 * n_params * tokens
 def train_flops(n_params:int, tokens:int)->float: return 6.0 * n_params * tokens
+
+# %% ../nbs/00_core.ipynb #c2e25f4d
+def optional(module:str, # the module to import ("matplotlib.pyplot", "ipywidgets", "gguf")
+             extra:str, # the extra of this package that installs it ("notebooks", "offline", "trl")
+            ): # the imported module
+    "Import an optional dependency, or stop with a one-line error naming the extra that installs it."
+    try: return importlib.import_module(module)
+    except ImportError as e:
+        raise SmallselError(f"{module} is not installed ({e.name or module} is missing): pip install \"smallsel_nb[{extra}]\"") from None

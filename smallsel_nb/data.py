@@ -21,9 +21,9 @@ from .core import SmallselError, row_error, fingerprint
 # %% auto #0
 __all__ = ['DATA_EXTS', 'ROLE_ALIASES', 'SCHEMAS', 'ALPACA_PROMPT_NO_INPUT', 'ALPACA_PROMPT_INPUT', 'TEMPLATES', 'TOKEN_COLUMNS',
            'SHAREGPT_FILE', 'RawTable', 'read_source', 'chat_pairs', 'Converted', 'Schema', 'detect_schema',
-           'canonical_table', 'load_rows', 'save_rows', 'Template', 'get_template', 'format_prompt', 'format_response',
-           'truncation_plan', 'tokenizer_fingerprint', 'tokenize_for_scoring', 'truncation_summary', 'sharegpt_path',
-           'iter_json_array', 'load_sharegpt', 'cli_convert']
+           'column_schema', 'canonical_table', 'load_rows', 'save_rows', 'Template', 'get_template', 'format_prompt',
+           'format_response', 'truncation_plan', 'tokenizer_fingerprint', 'tokenize_for_scoring', 'truncation_summary',
+           'sharegpt_path', 'iter_json_array', 'load_sharegpt', 'cli_convert']
 
 # %% ../nbs/01_data.ipynb #1ba2f085
 DATA_EXTS = (".jsonl", ".json", ".parquet", ".csv")
@@ -363,8 +363,22 @@ def _make_ids(tbl:pa.Table, id_column:str|None, src:np.ndarray, turn:np.ndarray|
     return ids, probs
 
 # %% ../nbs/01_data.ipynb #463c9d92
-def _resolve_schema(schema:str, columns:list[str], name:str)->Schema:
-    "The `Schema` to use: detected (`auto`) or forced, checking that a forced one's columns exist."
+def column_schema(mapping:dict, # canonical field -> the source column holding it: {"instruction": "question", "output": "answer"}
+                  columns:list[str], # the source's columns
+                  name:str="data", # source name for messages
+                 )->Schema:
+    "A schema that renames the user's columns to the canonical fields (instruction and output required, input optional)."
+    bad = [k for k in mapping if k not in ("instruction", "input", "output")]
+    if bad: raise SmallselError(f"columns: {bad[0]!r} is not a canonical field; map instruction, output and (optionally) input to your columns")
+    miss = [k for k in ("instruction", "output") if k not in mapping]
+    if miss: raise SmallselError(f"columns: map {' and '.join(miss)} to a column of {name}")
+    unknown = [c for c in mapping.values() if c not in columns]
+    if unknown: raise SmallselError(f"columns: {unknown[0]!r} is not a column of {name}; its columns: {', '.join(columns)}")
+    return Schema("columns", tuple(mapping.values()), _flat(mapping["instruction"], mapping["output"], mapping.get("input")), "user's column mapping")
+
+def _resolve_schema(schema:str|dict, columns:list[str], name:str)->Schema:
+    "The `Schema` to use: detected (`auto`), forced, or a column mapping; a forced one's columns must exist."
+    if isinstance(schema, dict): return column_schema(schema, columns, name)
     if schema == "auto": return SCHEMAS[detect_schema(columns, name)]
     if schema not in SCHEMAS: raise SmallselError(f"unknown schema {schema!r}; known schemas: {', '.join(SCHEMAS)}")
     s = SCHEMAS[schema]
@@ -397,7 +411,7 @@ def _problems(raw:RawTable, s:Schema, conv:Converted, src:np.ndarray, ids_probs:
     return probs + later[len(ids_probs):] + later[:len(ids_probs)]
 
 def canonical_table(source, # anything `read_source` accepts, or a `RawTable`
-                    schema:str="auto", # a name in `SCHEMAS`, or "auto" to detect it from the columns
+                    schema:str|dict="auto", # a name in `SCHEMAS`, "auto" to detect it from the columns, or a column mapping
                     turns:str="first", # chat data: "first" exchange per conversation or "all" exchanges
                     errors:str="raise", # "raise" on the first bad row, or "report" in an `error` column
                     id_column:str|None="id", # source column holding row ids (None: always generate `row-<i>`)
@@ -447,7 +461,7 @@ def _assemble(tbl:pa.Table, conv:Converted, ids:pa.Array, src:np.ndarray, id_col
 
 # %% ../nbs/01_data.ipynb #2fa0e881
 def load_rows(source, # path (.jsonl/.json/.parquet/.csv or a folder), Dataset/DatasetDict, list of dicts, DataFrame, or hub name
-              schema:str="auto", # one of `SCHEMAS` (alpaca, dolly, sharegpt, messages, prompt_response, text) or "auto"
+              schema:str|dict="auto", # one of `SCHEMAS` (alpaca, dolly, sharegpt, messages, prompt_response, text), "auto", or a column mapping {"instruction": "question", "output": "answer"}
               turns:str="first", # chat data: "first" = opening exchange per conversation, "all" = one row per exchange
               errors:str="raise", # "raise" a `SmallselError` on bad rows, or "report" them in an `error` column
               split:str="train", # split of a DatasetDict or hub data set

@@ -477,7 +477,7 @@ def cli_score_stream(data:str, # .parquet or .jsonl file, or a folder of them (r
                      template:Param("prompt template", str, choices=["alpaca", "chat", "none"])="alpaca",
                      max_length:int=None, # longest prompt + response in tokens (default: the model's limit, at most 1024)
                      batch_tokens:int=None, # padded tokens per forward (default: 4096 on CPU, from free memory on GPU)
-                     device:Param("device", str, choices=["auto", "cpu", "cuda"])="auto",
+                     device:str="auto", # device: auto, cpu, cuda, cuda:1, mps, ...
                      dtype:Param("model dtype", str, choices=["auto", "float32", "bfloat16"])="auto",
                      cache_dir:str=None, # shard and part cache, shared by all ranks (default: $SMALLSEL_CACHE/scores)
                      system:str=None, # system prompt for the chat template (default: none)

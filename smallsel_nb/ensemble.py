@@ -15,7 +15,7 @@ import pyarrow as pa
 from scipy import stats
 from fastcore.script import Param
 
-from .core import SmallselError, row_error
+from .core import SmallselError, optional, row_error
 from .select import Columns, read_scored, write_rows, _unique_names
 
 # %% auto #0
@@ -222,7 +222,7 @@ def plot_agreement(corr:pd.DataFrame, # from `rank_agreement`
                    ax=None, # a matplotlib axis to draw on (default: a new figure)
                   ):
     "Heatmap of a rank-correlation matrix, each cell labelled with its value."
-    import matplotlib.pyplot as plt
+    plt = optional("matplotlib.pyplot", "notebooks")
     if ax is None: _, ax = plt.subplots(figsize=(1.0 + 0.75 * len(corr), 0.6 + 0.65 * len(corr)))
     im = ax.imshow(corr.to_numpy(), vmin=-1, vmax=1, cmap="RdBu_r")
     ax.set_xticks(range(len(corr)), corr.columns, rotation=40, ha="right"); ax.set_yticks(range(len(corr)), corr.index)
@@ -299,7 +299,7 @@ def cli_ensemble(inputs:Param("scored files, one per model (as `smallsel score` 
                  heatmap:str=None, # write a heatmap of the Spearman agreement of every pair (models, reference) to this .png
                  template:Param("prompt template (with --model)", str, choices=["alpaca", "chat", "none"])="alpaca", # prompt template
                  dtype:Param("model dtype (with --model)", str, choices=["auto", "float32", "bfloat16"])="auto", # model dtype
-                 device:Param("device (with --model)", str, choices=["auto", "cpu", "cuda"])="auto", # device
+                 device:str="auto", # device (with --model): auto, cpu, cuda, cuda:1, mps, ...
                  on:str="id", # the column that identifies a row across files
                 )->pa.Table:
     "Combine several small models' scores of the same rows (mean z-score, mean rank, Borda, trimmed, min/max) and write them."
@@ -340,7 +340,7 @@ def cli_ensemble(inputs:Param("scored files, one per model (as `smallsel score` 
         rep = agreement_report(merged, cols + [c for c in ens.columns if c.removeprefix('ens_') in AGGREGATES], ref_col)
         print(f"rank agreement with the reference {ref_col}:\n" + rep.to_string(float_format="{:.3f}".format))
     if heatmap:
-        from matplotlib.figure import Figure  # no pyplot: the caller's plotting backend is left alone
+        Figure = optional("matplotlib.figure", "notebooks").Figure  # no pyplot: the caller's plotting backend is left alone
         corr = rank_agreement(merged, cols + ([ref_col] if ref_col else []))
         fig = Figure(figsize=(1.0 + 0.75 * len(corr), 0.6 + 0.65 * len(corr)))
         plot_agreement(corr, title=f"Spearman agreement of {by}", ax=fig.add_subplot())

@@ -10,12 +10,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from matplotlib.figure import Figure
-from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+from .core import SmallselError, optional
+try:
+    from matplotlib.figure import Figure
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+except ImportError: optional("matplotlib", "notebooks")  # plots and widgets are the `notebooks` extra: stop, naming it
 
 from fastcore.basics import patch_to
 
-from .core import SmallselError
 from .select import Columns, RECIPES, STRATEGIES, Selection, strategy_pipeline, stratify_budget
 
 # %% auto #0
@@ -178,7 +180,7 @@ class SelectionExplorer:
                  max_points:int=4000, # points in the rank scatter (a sample of the rows)
                  cache_size:int=64, # selections kept in memory
                 ):
-        import ipywidgets as W
+        W = optional("ipywidgets", "notebooks")
         self.data, self.cols = scored, Columns(scored)
         if scores is None: scores = [c for c in SCORE_COLUMNS if c in self.cols.names]
         self.cols.require(list(scores), "score column")
@@ -391,7 +393,7 @@ def png(self, dpi:int=80)->bytes:
 @patch_to(SelectionExplorer, as_prop=True)
 def widget(self):
     "The controls, status, figure and cards in one ipywidgets box."
-    import ipywidgets as W
+    W = optional("ipywidgets", "notebooks")
     if not self._live: self._live = True; self.image.value = self.png()
     return W.VBox([W.HBox([self.column, self.method]), W.HBox([self.keep, self.band, self.stratify]), self.status, self.image, self.cards])
 

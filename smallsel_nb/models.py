@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from fastcore.script import Param
-from .core import SmallselError, row_error, get_device, get_dtype, fingerprint, cache_root, progress
+from .core import SmallselError, optional, row_error, get_device, get_dtype, fingerprint, cache_root, progress
 
 # %% auto #0
 __all__ = ['ALIASES', 'TOKENIZER_PACKAGES', 'SIZES', 'ARCHS', 'PRESETS', 'pip_command', 'resolve_model', 'package_file',
@@ -216,6 +216,7 @@ def _gguf_file(alias:str, # a gguf alias
 
 def _load_gguf(path:Path)->tuple:
     "Load a gguf file with transformers (dequantized to fp32): (model, tokenizer)."
+    optional("gguf", "offline")  # transformers reads gguf files with the `gguf` package
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)

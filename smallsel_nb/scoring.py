@@ -26,7 +26,8 @@ __all__ = ['SCORE_COLUMNS', 'score_per_row', 'pad_batch', 'scored_positions', 'h
            'check_fast_head', 'require_fast_head', 'find_prefixes', 'assign_prefix', 'prefix_kv', 'device_ints',
            'batch_layout', 'forward_nll', 'plan_shards', 'batch_end', 'plan_batches', 'ShardScorer', 'ShardStore',
            'scoring_dtype', 'Ragged', 'default_batch_tokens', 'score_tokenized', 'finalize_scores', 'model_max_length',
-           'ScoringJob', 'prepare_scoring', 'attach_scores', 'score', 'error_summary', 'cli_score']
+           'ScoringJob', 'prepare_scoring', 'attach_scores', 'score', 'parse_columns', 'Scorer', 'error_summary',
+           'cli_score']
 
 # %% ../nbs/03_scoring.ipynb #190541cb
 @torch.inference_mode()
@@ -532,10 +533,12 @@ def prepare_scoring(data, # rows: anything `data.load_rows` reads, or a `Dataset
           prefix_cache:bool=True, # encode shared prompt prefixes once (faster, same scores)
           verbose:bool=True, # print the tokenization summary
           identity:str|None=None, # the model's `models.model_identity` when known (skips hashing the weights again)
+          columns:dict|str|None=None, # your column names: {"instruction": "question", "output": "answer"} (or "instruction=question,...")
          )->ScoringJob:
     "Load rows and model, tokenize, and key the cache: a job ready to `run`."
     from smallsel_nb.data import load_rows, tokenize_for_scoring
-    ds = data if isinstance(data, Dataset) and {"id", "instruction", "input", "output"} <= set(data.column_names) else load_rows(data)
+    canonical = columns is None and isinstance(data, Dataset) and {"id", "instruction", "input", "output"} <= set(data.column_names)
+    ds = data if canonical else load_rows(data, schema=parse_columns(columns) or "auto")
     if len(ds) == 0: raise SmallselError("no rows to score")
     m, tokenizer, name = _resolve_model(model, dtype, device)
     limit = model_max_length(m)
@@ -572,6 +575,59 @@ def score(data, # rows: anything `data.load_rows` reads, or a `Dataset` in canon
     job = prepare_scoring(data, model, **kwargs)
     return attach_scores(job, job.run())
 
+# %% ../nbs/03_scoring.ipynb #8d161da4
+def parse_columns(spec:str|dict|None, # "instruction=question,output=answer[,input=context]" or a dict, or None
+                 )->dict|None: # canonical field -> your column
+    "A column mapping from the command line's `--columns` text (or a dict, passed through)."
+    if spec is None or isinstance(spec, dict): return spec
+    pairs = [p.split("=") for p in spec.split(",") if p.strip()]
+    if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise SmallselError(f"--columns {spec!r}: write canonical=yours pairs, e.g. instruction=question,output=answer")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+class Scorer:
+    "A model loaded and fingerprinted once, scoring batches of rows (dict of lists -> dict of score-column lists)."
+    def __init__(self, model, # a model name/path/alias/preset (`models.load_lm`) or a (model, tokenizer) pair
+                 columns:dict|str|None=None, # canonical field -> your column ({"instruction": "question", "output": "answer"})
+                 template:str="alpaca", # prompt template: alpaca, chat or none
+                 max_length:int|None=None, # longest prompt + response in tokens (None: the model's limit, at most 1024)
+                 batch_tokens:int|None=None, # padded tokens per forward
+                 device:str="auto", # auto, cpu, cuda, cuda:1, ...
+                 dtype:str="auto", # auto, float32, bfloat16
+                 system:str|None=None, # system prompt for the chat template
+                ):
+        self.model, self.tokenizer, name = _resolve_model(model, dtype, device)
+        self.identity = _identity(self.model, name)  # hashed once, not per batch
+        self.columns = parse_columns(columns)
+        self.kw = dict(template=template, max_length=max_length, batch_tokens=batch_tokens, system=system)
+
+    def rows(self, batch:dict)->Dataset:
+        "The batch's canonical rows (id, instruction, input, output, error): the column mapping, else the detected schema (chat: the opening exchange)."
+        from smallsel_nb.data import SCHEMAS, column_schema, detect_schema
+        cols = list(batch)
+        s = column_schema(self.columns, cols, "the batch") if self.columns else SCHEMAS[detect_schema(cols, "the batch")]
+        conv = s.convert(pa.table({c: list(batch[c]) for c in cols}), "first")
+        n = len(conv.fields["output"])
+        fill = lambda a: pa.compute.fill_null(a.cast(pa.string()), "")
+        err = pa.array([conv.errors.get(i) for i in range(n)], pa.string())  # a broken conversation: NaN scores and the reason
+        return Dataset(pa.table({"id": [f"row-{i}" for i in range(n)], **{f: fill(conv.fields[f]) for f in ("instruction", "input", "output")},
+                                 "error": err}))
+
+    def __call__(self, batch:dict, # equal-length lists (or arrays) per column
+                )->dict: # score column -> one value per row (cond_loss, uncond_loss, ifd, cond_ppl, uncond_ppl, n_response_tokens, score_error)
+        "Score a batch of rows; the caller keeps its own columns."
+        job = prepare_scoring(self.rows(batch), (self.model, self.tokenizer), cache_dir=False, verbose=False, identity=self.identity, **self.kw)
+        cols = finalize_scores(job.tok, job.run(desc=None))
+        return {c: list(cols[c]) if c == "score_error" else np.asarray(cols[c]).tolist() for c in SCORE_COLUMNS}
+
+    @staticmethod
+    def features(ds:Dataset, # the data set `map` runs over
+                )->"datasets.Features": # its features plus the score columns' (so a batch without errors still has a typed `score_error`)
+        "The `features=` to pass to `Dataset.map(scorer, batched=True, ...)`."
+        from datasets import Features, Value
+        return Features({**ds.features, **{c: Value("string") if c == "score_error" else Value("int64") if c == "n_response_tokens"
+                                           else Value("float64") for c in SCORE_COLUMNS}})
+
 # %% ../nbs/03_scoring.ipynb #50e9626e
 def error_summary(errors:list, # `score_error` column
                  )->str:
@@ -585,16 +641,20 @@ def cli_score(data:str, # rows to score: .jsonl/.json/.parquet/.csv file, datase
               template:Param("prompt template", str, choices=["alpaca", "chat", "none"])="alpaca",
               max_length:int=None, # longest prompt + response in tokens (default: the model's limit, at most 1024)
               batch_tokens:int=None, # padded tokens per forward (default: 4096 on CPU, from free memory on GPU)
-              device:Param("device", str, choices=["auto", "cpu", "cuda"])="auto",
+              device:str="auto", # device: auto, cpu, cuda, cuda:1, mps, ...
               dtype:Param("model dtype", str, choices=["auto", "float32", "bfloat16"])="auto",
               cache_dir:str=None, # shard cache folder (default: $SMALLSEL_CACHE/scores)
               system:str=None, # system prompt for the chat template (default: none)
               per_token:bool=False, # also write per-token conditional losses
+              columns:str=None, # your column names: instruction=question,output=answer[,input=context]
              ):
     "Score every row with a causal LM and write the rows with their scores."
     from smallsel_nb.data import save_rows
     if not str(out).endswith((".parquet", ".jsonl")): raise SmallselError(f"--out must end in .parquet or .jsonl, not {out!r}")
     t0 = time.time()
+    if columns:
+        from smallsel_nb.data import load_rows
+        data = load_rows(data, schema=parse_columns(columns))
     kw = dict(template=template, max_length=max_length, batch_tokens=batch_tokens, device=device, dtype=dtype,
               cache_dir=cache_dir, per_token=per_token, system=system)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun / accelerate launch: one share per rank

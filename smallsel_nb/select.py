@@ -17,14 +17,15 @@ import pyarrow.compute as pc
 from .core import SmallselError, row_error
 
 # %% auto #0
-__all__ = ['IFD_REASON', 'REFUSALS', 'SELECTORS', 'RECIPES', 'STRATEGIES', 'NOISE', 'Columns', 'Verdict', 'reasons', 'Step',
-           'Budget', 'Selection', 'Unscored', 'Pipeline', 'Top', 'Bottom', 'Threshold', 'Percentile', 'IFDRule', 'Band',
-           'Random', 'proportional_split', 'even_split', 'Stratified', 'kmeans_labels', 'pick_per_group',
-           'ClusterBalanced', 'k_center_greedy', 'KCenter', 'normalize_text', 'word_hashes', 'shingles', 'row_hashes',
-           'first_of_group', 'ExactDedup', 'minhash_signatures', 'near_duplicate_of', 'NearDedup', 'Empty', 'Length',
-           'Refusal', 'Ending', 'Repetition', 'NonAlpha', 'Echo', 'dedup_steps', 'heuristic_steps', 'default_recipe',
-           'heuristics_recipe', 'cherry_recipe', 'random_recipe', 'read_scored', 'write_rows', 'strategy_pipeline',
-           'stratify_budget', 'cli_select', 'noise_removal', 'removal_table']
+__all__ = ['IFD_REASON', 'REFUSALS', 'SELECTORS', 'RECIPES', 'EXPORT_FORMATS', 'STRATEGIES', 'NOISE', 'Columns', 'Verdict',
+           'reasons', 'Step', 'Budget', 'Selection', 'Unscored', 'Pipeline', 'Top', 'Bottom', 'Threshold', 'Percentile',
+           'IFDRule', 'Band', 'Random', 'proportional_split', 'even_split', 'Stratified', 'kmeans_labels',
+           'pick_per_group', 'ClusterBalanced', 'k_center_greedy', 'KCenter', 'normalize_text', 'word_hashes',
+           'shingles', 'row_hashes', 'first_of_group', 'ExactDedup', 'minhash_signatures', 'near_duplicate_of',
+           'NearDedup', 'Empty', 'Length', 'Refusal', 'Ending', 'Repetition', 'NonAlpha', 'Echo', 'dedup_steps',
+           'heuristic_steps', 'default_recipe', 'heuristics_recipe', 'cherry_recipe', 'random_recipe', 'export_table',
+           'read_scored', 'write_rows', 'strategy_pipeline', 'stratify_budget', 'cli_select', 'noise_removal',
+           'removal_table']
 
 # %% ../nbs/04_select.ipynb #fdf862c7
 def _is_dataset(data)->bool: return hasattr(data, "data") and hasattr(data, "column_names") and hasattr(data, "_indices")
@@ -1079,6 +1080,28 @@ def random_recipe(keep:float|None=None, # fraction of the original rows to keep
 RECIPES: dict[str, Callable[..., Pipeline]] = {"default": default_recipe, "heuristics": heuristics_recipe,
                                               "cherry": cherry_recipe, "random": random_recipe}
 
+# %% ../nbs/04_select.ipynb #2328b669
+EXPORT_FORMATS = ("canonical", "prompt-completion", "messages", "alpaca")
+
+def export_table(tbl:pa.Table, # canonical rows (instruction, input, output), any other columns
+                 format:str="canonical", # one of `EXPORT_FORMATS`
+                )->pa.Table:
+    "Rows in a trainer's format: canonical (unchanged), prompt-completion, messages or alpaca."
+    if format not in EXPORT_FORMATS: raise SmallselError(f"format={format!r}: choose one of {', '.join(EXPORT_FORMATS)}")
+    if format == "canonical": return tbl
+    missing = [c for c in ("instruction", "output") if c not in tbl.column_names]
+    if missing: raise SmallselError(f"format={format!r} needs canonical rows; missing column(s) {', '.join(missing)}")
+    text = lambda c: pc.fill_null(tbl[c].combine_chunks().cast(pa.string()), "") if c in tbl.column_names else pa.array([""] * len(tbl))
+    ins, inp, out = text("instruction"), text("input"), text("output")
+    if format == "alpaca": return pa.table({"instruction": ins, "input": inp, "output": out})
+    user = pc.if_else(pc.equal(inp, ""), ins, pc.binary_join_element_wise(ins, inp, "\n\n"))
+    if format == "prompt-completion": return pa.table({"prompt": user, "completion": out})
+    n = len(tbl)
+    content = pc.take(pa.concat_arrays([user, out]), pa.array(np.stack([np.arange(n), np.arange(n) + n], 1).ravel()))
+    role = pa.array(np.tile(np.array(["user", "assistant"], dtype=object), n), pa.string())
+    msgs = pa.StructArray.from_arrays([role, content], names=["role", "content"])
+    return pa.table({"messages": pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2), pa.int32()), msgs)})
+
 # %% ../nbs/04_select.ipynb #b7b99287
 STRATEGIES = ("top", "bottom", "band", "threshold", "cluster", "kcenter", "random")
 
@@ -1157,10 +1180,12 @@ def cli_select(scores:str, # scored rows: a .parquet or .jsonl file as written b
                nan:str="drop", # rows with a NaN score: drop (reason `unscored`), keep, or raise
                report:str=None, # write the JSON report to this file
                out:str=None, # write the kept rows to this .jsonl or .parquet file
+               format:str="canonical", # columns of --out: canonical (every column), prompt-completion, messages (TRL) or alpaca
                seed:int=0, # random seed: the same seed gives the same selection
               )->Selection:
     "Select rows from a scored file: a strategy on one score, or a recipe; write the kept rows and a report."
     if nan not in _NAN: raise SmallselError(f"nan={nan!r}: choose one of {', '.join(_NAN)}")
+    if format not in EXPORT_FORMATS: raise SmallselError(f"format={format!r}: choose one of {', '.join(EXPORT_FORMATS)}")
     tbl = read_scored(scores)
     if emb is not None and str(emb).endswith(".npy"): emb = np.load(emb)
     if recipe is None and by is None and strategy == "top": recipe = "default"
@@ -1171,7 +1196,7 @@ def cli_select(scores:str, # scored rows: a .parquet or .jsonl file as written b
     else: pipe = strategy_pipeline(strategy, by, keep, keep_n, band, min_score, max_score, emb, clusters, nan)
     if stratify: pipe = stratify_budget(pipe, stratify)
     sel = pipe(tbl, seed=seed, source=str(scores))
-    if out is not None: write_rows(sel.subset(tbl), out)
+    if out is not None: write_rows(export_table(sel.subset(tbl), format), out)
     if report is not None: sel.to_json(report)
     print(sel.summary() + (f"\n  kept rows → {out}" if out else "") + (f"\n  report → {report}" if report else ""))
     return sel

@@ -23,8 +23,8 @@ from .scoring import Ragged, arrow_table, pad_batch, scored_positions, head_nll,
 
 # %% auto #0
 __all__ = ['CKPT', 'TokenRows', 'token_rows', 'schedule', 'padded_tokens', 'lr_at', 'response_nll', 'row_nll', 'eval_loss',
-           'generate', 'Evaluator', 'evaluate', 'save_checkpoint', 'load_checkpoint', 'TrainResult', 'master_fp32',
-           'train_lm', 'cli_finetune']
+           'generate', 'Evaluator', 'evaluate', 'save_checkpoint', 'load_checkpoint', 'TrainResult', 'process_device',
+           'ResponseLoss', 'master_fp32', 'train_lm']
 
 # %% ../nbs/05_train.ipynb #f8c90025
 @dataclass
@@ -307,45 +307,51 @@ class TrainResult:
     def __repr__(self): return f"TrainResult({self.summary()!r})"
 
 # %% ../nbs/05_train.ipynb #5f6e50d7
-def _buckets(tensors:list, # gradients, in parameter order
-             size:int=2**25, # elements per bucket (about 128 MB in fp32)
-            ):
-    "Consecutive groups of tensors of about `size` elements (one collective each)."
-    bucket, n = [], 0
-    for t in tensors:
-        bucket.append(t); n += t.numel()
-        if n >= size: yield bucket; bucket, n = [], 0
-    if bucket: yield bucket
+def process_device(device:str|torch.device="auto", # "auto", "cpu", "cuda", "cuda:1", "mps", ...
+                  )->torch.device:
+    "This process's device: under torchrun / accelerate launch (WORLD_SIZE > 1) `cuda:LOCAL_RANK` on a GPU machine, else the CPU; in one process `get_device(device)`."
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and str(device) in ("auto", "cuda"):
+        return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}") if torch.cuda.is_available() else torch.device("cpu")
+    return get_device(device)
+
+class ResponseLoss(torch.nn.Module):
+    "`response_nll` as a module, so that `DistributedDataParallel` can wrap it (DDP hooks the forward it runs)."
+    def __init__(self, model): super().__init__(); self.model = model
+    def forward(self, seqs:list, starts:np.ndarray, pad_id:int)->torch.Tensor: return response_nll(self.model, seqs, starts, pad_id)
+
+def _sum_hook(state, bucket):
+    "DDP communication hook: sum the gradients over processes (DDP's default averages them)."
+    return torch.distributed.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda f: f.value()[0])
 
 class _Dist:
-    "Data parallelism: rank and world size (set up by `accelerate`), sums across processes; no-ops in one process."
+    "Data parallelism with `DistributedDataParallel` (nccl on GPUs, gloo on CPUs) under torchrun / accelerate; nothing in one process."
     def __init__(self, device):
-        self.rank, self.world, self.device = 0, 1, get_device(device)
+        self.rank, self.world, self.device = 0, 1, process_device(device)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            from accelerate import PartialState  # initialises torch.distributed and picks this process's GPU
-            st = PartialState()
-            self.rank, self.world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-            self.device = st.device if st.device.type != "cpu" else self.device
+            import torch.distributed as dist
+            if self.device.type == "cuda": torch.cuda.set_device(self.device)
+            if not dist.is_initialized(): dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
     @property
     def main(self)->bool: return self.rank == 0
-    def share(self, micro:np.ndarray)->np.ndarray:
-        "This process's rows of a micro-batch."
-        return micro[self.rank::self.world]
-    def sum(self, model, loss:torch.Tensor)->torch.Tensor:
-        "Sum gradients and the step loss over processes (each process divided by the step's global token count)."
-        if self.world == 1: return loss
-        import torch.distributed as dist
-        grads = []
-        for p in model.parameters():
-            if p.requires_grad:
-                if p.grad is None: p.grad = torch.zeros_like(p)
-                grads.append(p.grad)
-        for bucket in _buckets(grads):  # a few large collectives, not one per parameter tensor
-            flat = torch.cat([g.reshape(-1) for g in bucket])
-            dist.all_reduce(flat)
-            for g, v in zip(bucket, flat.split([g.numel() for g in bucket])): g.copy_(v.view_as(g))
-        dist.all_reduce(loss)
-        return loss
+    def wrap(self, module:torch.nn.Module)->torch.nn.Module:
+        "The module itself in one process; wrapped in DDP (gradients summed across processes) in several."
+        if self.world == 1: return module
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        ddp = DDP(module, device_ids=[self.device] if self.device.type == "cuda" else None)
+        ddp.register_comm_hook(None, _sum_hook)  # each process's loss is already its share of the step's mean
+        return ddp
+    def share(self, micro:np.ndarray)->tuple[np.ndarray, float]:
+        "This process's rows of a micro-batch and their weight; a process without rows runs the first row with weight 0 (DDP needs every process in every backward)."
+        mine = micro[self.rank::self.world]
+        return (mine, 1.0) if len(mine) else (micro[:1], 0.0)
+    def sync(self, module, last:bool):
+        "Gradients are exchanged on the step's last micro-batch only (`no_sync` before it)."
+        return module.no_sync() if self.world > 1 and not last else contextlib.nullcontext()
+    def total(self, x:torch.Tensor)->torch.Tensor:
+        "Sum of a tensor over processes (the step loss, for the log)."
+        if self.world > 1: torch.distributed.all_reduce(x)
+        return x
     def barrier(self):
         if self.world > 1: torch.distributed.barrier()
 
@@ -405,7 +411,7 @@ def train_lm(model, # causal LM (`make_lm`, `load_lm`); trained in place
              checkpoint_every:int|None=None, # steps between checkpoints (default: at every evaluation)
              resume:bool=True, # resume from `checkpoint_dir` when it holds this run's checkpoint
              seed:int=0, # seed of the row order
-             device:str="auto", # where to train: auto, cpu, cuda
+             device:str="auto", # where to train: auto, cpu, cuda, cuda:1, mps (several processes: each its own GPU)
              precision:str="auto", # forward under: auto (bf16 autocast on a GPU with native bf16, else fp32), fp32 or bf16
              desc:str="train", # progress bar label
              log:bool=False, # print one line per evaluation
@@ -452,6 +458,7 @@ def train_lm(model, # causal LM (`make_lm`, `load_lm`); trained in place
         if log and dist.main: print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in history[-1].items() if v is not None))
 
     model.train()
+    loss_fn = dist.wrap(ResponseLoss(model))  # one process: the loss itself; several: DistributedDataParallel around it
     if ck is not None and ck.get("done"): start = total
     elif start == 0 and eval_start and ev is not None: record(0)
     # --- the training loop ---
@@ -460,15 +467,15 @@ def train_lm(model, # causal LM (`make_lm`, `load_lm`); trained in place
         lr_now = lr_at(step, total, lr, warm, min_lr)
         for g in opt.param_groups: g["lr"] = lr_now
         step_loss = torch.zeros((), device=dev)
-        for micro in steps[step]:
-            mine = dist.share(micro)
-            if not len(mine): continue
-            with _autocast(dev, precision):
-                nll = response_nll(model, rows.seqs(mine), rows.start[mine], pad)   # forward: loss on response tokens
-            loss = nll.sum() / n_targets[step]                                      # mean over the step's response tokens
-            loss.backward()                                                         # backward (gradients accumulate)
+        for i, micro in enumerate(steps[step]):
+            mine, w = dist.share(micro)                                             # this process's rows (all of them in one process)
+            with dist.sync(loss_fn, last=i + 1 == len(steps[step])):
+                with _autocast(dev, precision):
+                    nll = loss_fn(rows.seqs(mine), rows.start[mine], pad)           # forward: loss on response tokens
+                loss = nll.sum() * w / n_targets[step]                              # mean over the step's response tokens
+                loss.backward()                                                     # backward (gradients accumulate)
             step_loss += loss.detach()
-        step_loss = dist.sum(model, step_loss)
+        step_loss = dist.total(step_loss)
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
         loss_val, norm_val = step_loss.item(), norm.item()                          # one host sync per step
         if not (math.isfinite(loss_val) and math.isfinite(norm_val)):
@@ -483,43 +490,8 @@ def train_lm(model, # causal LM (`make_lm`, `load_lm`); trained in place
         if done or (step + 1) % eval_every == 0: record(step + 1, final=done)
         if checkpoint_dir and dist.main and (done or (step + 1) % ckpt_every == 0):
             save_checkpoint(checkpoint_dir, model, opt, step + 1, key, history, run, done=done)
-        dist.barrier()
     bar.close()
+    dist.barrier()  # the main process has written its last checkpoint before any process returns
     model.eval()
     return TrainResult(history, total, len(rows), int(cum_tokens[-1]), train_flops(n_params, int(cum_tokens[-1])), n_params,
                        round(time.time() - t0, 2), round(run["eval_s"], 2), start, [ev.note] if ev is not None and ev.note else [])
-
-# %% ../nbs/05_train.ipynb #76ab4bbb
-def cli_finetune(data:str, # training rows: .jsonl/.json/.parquet/.csv file, folder or hub data set name
-                 out:Param("folder to save the fine-tuned model, its tokenizer and history.json", str, required=True)=None,
-                 model:str="small", # model: preset (tiny, small, large, ...; trained from scratch), offline alias, folder or hub id
-                 eval:str=None, # clean eval rows (an `answer` column adds exact match)
-                 template:Param("prompt template", str, choices=["alpaca", "chat", "none"])="alpaca",
-                 epochs:float=1.0, # passes over the data
-                 max_steps:int=None, # a fixed number of optimizer steps instead of --epochs
-                 batch_size:int=32, # rows per micro-batch
-                 grad_accum:int=1, # micro-batches per optimizer step
-                 lr:float=1e-3, # peak learning rate (warmup, then cosine to lr/10)
-                 max_length:int=512, # longest prompt + response in tokens
-                 eval_every:int=None, # steps between evaluations (default: 5 per run)
-                 checkpoint_dir:str=None, # checkpoint folder (resumes from it; default: OUT/checkpoint)
-                 seed:int=0, # seed of the row order and of a preset's initialisation
-                 device:Param("device", str, choices=["auto", "cpu", "cuda"])="auto",
-                 threads:int=None, # CPU threads for torch (default: torch's choice)
-                )->TrainResult:
-    "Fine-tune a causal LM on instruction rows (loss on responses), evaluate, save the model and its history."
-    from smallsel_nb.data import load_rows
-    from smallsel_nb.models import load_lm, resolve_model
-    if threads: torch.set_num_threads(threads)
-    rows = load_rows(data)
-    ev = load_rows(eval) if eval else None
-    m, tok = load_lm(model, device=device, dtype="float32", **({"seed": seed} if resolve_model(model)["kind"] == "preset" else {}))
-    res = train_lm(m, tok, rows, ev, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
-                   lr=lr, template=template, max_length=max_length, eval_every=eval_every, seed=seed, device=device,
-                   checkpoint_dir=checkpoint_dir or Path(out)/"checkpoint", log=True)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    m.save_pretrained(out); tok.save_pretrained(out)
-    (Path(out)/"history.json").write_text(json.dumps(dict(history=res.history, notes=res.notes, steps=res.steps, rows=res.rows,
-                                                        tokens=res.tokens, flops=res.flops, seconds=res.seconds), indent=1))
-    print(f"{model}: {res.summary()}\nsaved to {out}")
-    return res

@@ -7,7 +7,8 @@ import torch
 from smallsel_nb.core import SmallselError
 from smallsel_nb.models import make_lm
 from smallsel_nb.synth import make_noisy_instructions, make_eval_split
-from smallsel_nb.train import train_lm, token_rows, schedule, evaluate, cli_finetune
+from smallsel_nb.train import train_lm, token_rows, schedule, evaluate
+from smallsel_nb.train_trl import cli_finetune
 
 KW = dict(max_steps=40, batch_size=8, template="none", eval_every=10, eval_start=False, checkpoint_every=2)
 
@@ -128,18 +129,19 @@ from smallsel_nb.models import make_lm
 from smallsel_nb.synth import make_noisy_instructions
 from smallsel_nb.train import train_lm
 m, t = make_lm("tiny", seed=0)
-r = train_lm(m, t, make_noisy_instructions(64, seed=0), max_steps=3, batch_size=8, grad_accum=2, template="none", device="cpu")
+r = train_lm(m, t, make_noisy_instructions(64, seed=0), max_steps=3, batch_size=int(sys.argv[2]), grad_accum=2, template="none", device="cpu")
 if int(os.environ.get("RANK", "0")) == 0: torch.save(m.state_dict(), sys.argv[1])
 """
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
-def test_two_processes_match_one(tmp_path):
-    "Data parallel (2 CPU processes, gloo): each reads half of every micro-batch, gradients are summed: same weights as 1 process."
+@pytest.mark.parametrize("bs", [8, 1])
+def test_two_processes_match_one(tmp_path, bs):
+    "DistributedDataParallel (2 CPU processes, gloo): each reads half of every micro-batch (bs=1: one process has no row, weight 0), gradients are summed: same weights as 1 process."
     (tmp_path/"ddp.py").write_text(DDP)
     env = {**os.environ, "SMALLSEL_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(tmp_path/"ddp.py"), str(tmp_path/"two.pt")],
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(tmp_path/"ddp.py"), str(tmp_path/"two.pt"), str(bs)],
                    env=env, check=True, capture_output=True, timeout=300)
-    subprocess.run([sys.executable, str(tmp_path/"ddp.py"), str(tmp_path/"one.pt")], env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, str(tmp_path/"ddp.py"), str(tmp_path/"one.pt"), str(bs)], env=env, check=True, capture_output=True, timeout=300)
     one, two = torch.load(tmp_path/"one.pt"), torch.load(tmp_path/"two.pt")
     for k in one: torch.testing.assert_close(one[k], two[k], rtol=1e-4, atol=1e-4)
 
