@@ -357,7 +357,7 @@ DEMO = dict(benchmark="v2", # the embedded benchmark: v2 (learnable rules, a wea
             concentration=0.9, # v2: share of each systematic failure's rows in its home family (1/5: spread evenly)
             families=None, # task families (None: all of the benchmark's)
             reference="tiny", # the small scoring model (from scratch)
-            ref_fraction=0.5, # share of the pool the reference model is trained on
+            ref_fraction=1.0, # share of the pool the reference model is trained on (all of it: it learns the majority mapping)
             ref_train=dict(epochs=2, lr=3e-3, batch_size=32), # its training settings
             large="small", # the model the comparison trains (from scratch)
             train=dict(epochs=3, lr=3e-3, batch_size=16, eval_every=None), # its training settings, the same for every arm
@@ -369,7 +369,7 @@ DEMO = dict(benchmark="v2", # the embedded benchmark: v2 (learnable rules, a wea
             temperature=1.0, # also measure generations sampled at this temperature
             template="none", # prompt template (short prompts: the byte tokenizer reads every character)
             max_length=128) # longest prompt + response in tokens
-DEMO_V1 = {**DEMO, "benchmark": "v1", "n": 2000, "noise": 0.4, "ref_train": dict(epochs=3, lr=3e-3, batch_size=32, group_by_length=16),
+DEMO_V1 = {**DEMO, "benchmark": "v1", "n": 2000, "noise": 0.4, "ref_fraction": 0.5, "ref_train": dict(epochs=3, lr=3e-3, batch_size=32, group_by_length=16),
            "train": dict(epochs=3, lr=1e-3, batch_size=8, group_by_length=16, eval_every=None), "select_by": "cond_loss",
            "frame": None, "temperature": None, "concentration": None}
 DEMOS = {"v1": DEMO_V1, "v2": DEMO}
