@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['SmallselError', 'row_error', 'get_device', 'cpu_has_bf16', 'get_dtype', 'set_seed', 'fingerprint', 'arrow_table',
-           'table_fingerprint', 'cache_root', 'progress', 'atomic_write', 'check_output', 'matmul_params',
-           'forward_flops', 'train_flops']
+           'table_fingerprint', 'cache_root', 'progress', 'atomic_write', 'check_output', 'path_like', 'hub_offline',
+           'matmul_params', 'forward_flops', 'train_flops']
 
 # %% ../nbs/00_core.ipynb #b0e3e95c
 class SmallselError(ValueError):
@@ -150,6 +150,21 @@ def check_output(path:str|Path, # the output a command will write
         tempfile.TemporaryFile(dir=p.parent).close()
     except OSError as e: raise SmallselError(f"{flag} {str(path)!r} cannot be written: {e.strerror or e}") from None
     return p
+
+# %% ../nbs/00_core.ipynb #e370dd56
+_FILE_EXT = re.compile(r"\.(jsonl?|parquet|csv|tsv|txt|arrow|gguf|safetensors|bin|pt|pth|ckpt|onnx|h5|zip|gz|bz2|xz|zst|tar)$", re.I)
+
+def path_like(name:str|os.PathLike, # a name a user typed
+             )->bool: # True when it can only be meant as a local path
+    "True for `./x`, `/x`, `~/x`, `x.jsonl`, `a\\b`, `a/b/c`, or `a/b` where the folder `a` exists."
+    s = str(name)
+    if s.startswith((".", "/", "~")) or "\\" in s or s.count("/") > 1 or _FILE_EXT.search(s): return True
+    parent = Path(s).expanduser().parent
+    return str(parent) not in ("", ".") and parent.is_dir()
+
+def hub_offline()->bool:
+    "True when `HF_HUB_OFFLINE` forbids hub lookups."
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 # %% ../nbs/00_core.ipynb #1a930d1e
 def matmul_params(model:torch.nn.Module, # any torch model

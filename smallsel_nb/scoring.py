@@ -498,7 +498,7 @@ def error_summary(errors:list, # `score_error` column
     c = Counter(e for e in errors if e is not None)
     return "\n".join(f"  {n:>8,}  {reason}" for reason, n in c.most_common())
 
-def cli_score(data:str, # rows to score: .jsonl/.json/.parquet/.csv file, dataset folder or hub data set name
+def cli_score(data:str, # rows to score: .jsonl/.json/.parquet/.csv file, dataset folder or hf://hub-data-set
               model:Param("model: offline alias (smollm2-135m, gemma3-270m), preset (tiny, small, ...), local folder or hub id", str, required=True)=None,
               out:Param("output file, .parquet or .jsonl", str, required=True)=None,
               template:Param("prompt template", str, choices=["alpaca", "chat", "none"])="alpaca",
@@ -509,9 +509,12 @@ def cli_score(data:str, # rows to score: .jsonl/.json/.parquet/.csv file, datase
               cache_dir:str=None, # shard cache folder (default: $SMALLSEL_CACHE/scores)
               system:str=None, # system prompt for the chat template (default: none)
               per_token:bool=False, # also write per-token conditional losses
+              local_only:bool=False, # never reach the model hub: a hub id loads only from the local HF cache
              ):
     "Score every row with a causal LM and write the rows with their scores."
     from smallsel_nb.data import save_rows
+    from smallsel_nb.models import local_model
+    if local_only: model = local_model(model)  # a cached hub id becomes its snapshot folder: no network access
     if not str(out).endswith((".parquet", ".jsonl")): raise SmallselError(f"--out must end in .parquet or .jsonl, not {out!r}")
     t0 = time.time()
     kw = dict(template=template, max_length=max_length, batch_tokens=batch_tokens, device=device, dtype=dtype,

@@ -516,7 +516,7 @@ def train_lm(model, # causal LM (`make_lm`, `load_lm`); trained in place
                        round(time.time() - t0, 2), round(run["eval_s"], 2), start, [ev.note] if ev is not None and ev.note else [])
 
 # %% ../nbs/05_train.ipynb #76ab4bbb
-def cli_finetune(data:str, # training rows: .jsonl/.json/.parquet/.csv file, folder or hub data set name
+def cli_finetune(data:str, # training rows: .jsonl/.json/.parquet/.csv file, folder or hf://hub-data-set
                  out:Param("folder to save the fine-tuned model, its tokenizer and history.json", str, required=True)=None,
                  model:str="small", # model: preset (tiny, small, large, ...; trained from scratch), offline alias, folder or hub id
                  eval:str=None, # clean eval rows (an `answer` column adds exact match)
@@ -533,6 +533,7 @@ def cli_finetune(data:str, # training rows: .jsonl/.json/.parquet/.csv file, fol
                  seed:int=0, # seed of the row order and of a preset's initialisation
                  device:Param("device", str, choices=["auto", "cpu", "cuda"])="auto",
                  threads:int=None, # CPU threads for torch (default: torch's choice)
+                 local_only:bool=False, # never reach the model hub: a hub id loads only from the local HF cache
                 )->TrainResult:
     "Fine-tune a causal LM on instruction rows (loss on responses), evaluate, save the model and its history."
     from smallsel_nb.data import load_rows
@@ -542,7 +543,7 @@ def cli_finetune(data:str, # training rows: .jsonl/.json/.parquet/.csv file, fol
     if threads: torch.set_num_threads(threads)
     rows = load_rows(data)
     ev = load_rows(eval) if eval else None
-    m, tok = load_lm(model, device=device, dtype="float32", **({"seed": seed} if resolve_model(model)["kind"] == "preset" else {}))
+    m, tok = load_lm(model, device=device, dtype="float32", local_only=local_only, **({"seed": seed} if resolve_model(model)["kind"] == "preset" else {}))
     res = train_lm(m, tok, rows, ev, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
                    lr=lr, template=template, max_length=max_length, eval_every=eval_every, seed=seed, device=device,
                    checkpoint_dir=checkpoint_dir or Path(out)/"checkpoint", resume=not fresh, log=True)

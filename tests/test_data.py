@@ -181,9 +181,14 @@ def test_hub_failure_is_wrapped(monkeypatch):
     calls = []
     def fake(name, split=None): calls.append((name, split)); raise ConnectionError("no network")
     monkeypatch.setattr(D.datasets, "load_dataset", fake)
-    with pytest.raises(SmallselError, match="tatsu-lab/alpaca: could not be loaded.*ConnectionError: no network"):
-        load_rows("tatsu-lab/alpaca", split="train")
+    with pytest.raises(SmallselError, match="hf://tatsu-lab/alpaca: could not be loaded.*ConnectionError: no network"):
+        load_rows("hf://tatsu-lab/alpaca", split="train")
     assert calls == [("tatsu-lab/alpaca", "train")]
+
+@pytest.mark.parametrize("name", ["pool300", "tatsu-lab/alpaca", "./pool300", "data/pool.jsonl"])
+def test_data_name_without_hf_prefix_never_goes_to_the_hub(name, monkeypatch):
+    monkeypatch.setattr(D.datasets, "load_dataset", lambda *a, **k: pytest.fail("hub lookup"))
+    with pytest.raises(SmallselError, match=f"no such file or folder: {name}"): load_rows(name)
 
 # ---------------------------------------------------------------- templates
 def test_alpaca_template_exact():
