@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import datasets
 from datasets import Dataset, DatasetDict
 
-from .core import SmallselError, row_error, fingerprint, path_like, hub_offline
+from .core import SmallselError, row_error, fingerprint, path_like, hub_offline, atomic_write, check_output
 
 # %% auto #0
 __all__ = ['DATA_EXTS', 'HUB_PREFIX', 'ROLE_ALIASES', 'SCHEMAS', 'ALPACA_PROMPT_NO_INPUT', 'ALPACA_PROMPT_INPUT', 'TEMPLATES',
@@ -464,14 +464,16 @@ def load_rows(source, # path (.jsonl/.json/.parquet/.csv or a folder), Dataset/D
 def save_rows(ds:Dataset, # rows to save (any columns)
               path:str|Path, # file to write: .parquet, .jsonl or .csv
              )->Path: # the path written
-    "Write rows to a data file that `load_rows` reads back."
+    "Write rows (atomically) to a data file that `load_rows` reads back; CSV refuses list and struct columns."
     path = Path(path); ext = path.suffix.lower()
     if ext not in (".parquet", ".jsonl", ".csv"): raise SmallselError(f"{path}: save rows as .parquet, .jsonl or .csv")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _quiet_progress():
-        if ext == ".parquet": ds.to_parquet(str(path))
-        elif ext == ".jsonl": ds.to_json(str(path), lines=True, force_ascii=False)
-        else: ds.to_csv(str(path), index=False)
+    nested = [f.name for f in ds.data.table.schema if pa.types.is_nested(f.type)] if ext == ".csv" else []
+    if nested: raise SmallselError(f"{path}: CSV cannot hold the list/struct column{'s' if len(nested) > 1 else ''} "
+                                   f"{', '.join(map(repr, nested))}; write .parquet or .jsonl, or drop {'them' if len(nested) > 1 else 'it'}")
+    with _quiet_progress(), atomic_write(path) as tmp:
+        if ext == ".parquet": ds.to_parquet(str(tmp))
+        elif ext == ".jsonl": ds.to_json(str(tmp), lines=True, force_ascii=False)
+        else: ds.to_csv(str(tmp), index=False)
     return path
 
 # %% ../nbs/01_data.ipynb #8f64298a
@@ -792,6 +794,8 @@ def cli_convert(source:str, # data file (.jsonl/.json/.parquet/.csv), folder, or
                 id_column:str="id", # source column with row ids
                ):
     "Load SOURCE into canonical rows, print a summary, and optionally save them."
+    if errors not in ("report", "raise"): raise SmallselError(f"--errors {errors!r}: choose report or raise")
+    if out: check_output(out, (".parquet", ".jsonl", ".csv"))  # before any work: a bad output path fails at once
     raw = read_source(source, split=split)
     used = detect_schema(raw.table.column_names, raw.name) if schema == "auto" and raw.table.num_columns else schema
     ds = Dataset(canonical_table(raw, used, turns, errors, id_column))

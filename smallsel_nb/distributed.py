@@ -17,7 +17,7 @@ import torch
 from datasets import Dataset
 
 from fastcore.script import Param
-from .core import SmallselError, cache_root, fingerprint, table_fingerprint
+from .core import SmallselError, cache_root, fingerprint, table_fingerprint, atomic_write
 from .scoring import (ScoringJob, Ragged, arrow_table, attach_scores, error_summary, plan_shards,
                                  prepare_scoring, _resolve_model)
 
@@ -353,17 +353,15 @@ def write_part(ds:Dataset, # scored rows of one chunk
                path:Path, # where
               ):
     "Write one part file atomically."
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    pq.write_table(_fixed_types(arrow_table(ds)), tmp); os.replace(tmp, path)
+    with atomic_write(path) as tmp: pq.write_table(_fixed_types(arrow_table(ds)), tmp)
 
 # %% ../nbs/10_distributed.ipynb #dcb343db
 def concat_parts(parts:list[Path], # part files, in order
                  out:str|Path, # .parquet or .jsonl
                 )->Path:
     "Concatenate part files into `out`, one part in memory at a time."
-    out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    try:
+    out = Path(out)
+    with atomic_write(out) as tmp:
         if out.suffix == ".parquet":
             schema = pq.read_schema(parts[0]) if parts else pa.schema([])
             with pq.ParquetWriter(tmp, schema) as w:
@@ -377,8 +375,6 @@ def concat_parts(parts:list[Path], # part files, in order
         else:
             with open(tmp, "wb") as f:
                 for p in parts: Dataset(pq.read_table(p)).to_json(f, lines=True, force_ascii=False)
-        os.replace(tmp, out)
-    finally: tmp.unlink(missing_ok=True)
     return out
 
 # %% ../nbs/10_distributed.ipynb #f219d4a8

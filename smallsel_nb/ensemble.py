@@ -15,7 +15,7 @@ import pyarrow as pa
 from scipy import stats
 from fastcore.script import Param
 
-from .core import SmallselError, row_error
+from .core import SmallselError, row_error, check_output
 from .select import Columns, read_scored, write_rows, _unique_names
 
 # %% auto #0
@@ -304,7 +304,8 @@ def cli_ensemble(inputs:Param("scored files, one per model (as `smallsel score` 
                 )->pa.Table:
     "Combine several small models' scores of the same rows (mean z-score, mean rank, Borda, trimmed, min/max) and write them."
     t0 = time.time()
-    if not str(out).endswith((".parquet", ".jsonl")): raise SmallselError(f"--out must end in .parquet or .jsonl, not {out!r}")
+    check_output(out, (".parquet", ".jsonl"))  # before any work: a bad output path fails at once
+    if heatmap is not None: check_output(heatmap, (".png",), "--heatmap")
     if reference is not None and not model and not Path(reference).exists(): raise SmallselError(f"--reference {reference}: no such file (without --model it must be a scored file)")
     if model:
         if len(inputs) != 1: raise SmallselError(f"with --model give one data file to score, not {len(inputs)}")

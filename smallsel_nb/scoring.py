@@ -18,7 +18,7 @@ from datasets import Dataset
 from fastcore.meta import delegates
 from fastcore.script import Param
 from .core import (SmallselError, cache_root, cpu_has_bf16, fingerprint, get_device, get_dtype, progress,
-                              table_fingerprint, arrow_table)
+                              table_fingerprint, arrow_table, atomic_write, check_output)
 
 # %% auto #0
 __all__ = ['SCORE_COLUMNS', 'score_per_row', 'pad_batch', 'scored_positions', 'head_nll', 'check_fast_head', 'find_prefixes',
@@ -280,7 +280,8 @@ class ShardStore:
                 ):
         self.root = Path(root); self.root.mkdir(parents=True, exist_ok=True)
         mp = self.root/"meta.json"
-        if not mp.exists(): _atomic_write(mp, json.dumps(meta, indent=1, default=str).encode())
+        if not mp.exists():
+            with atomic_write(mp) as tmp: tmp.write_text(json.dumps(meta, indent=1, default=str))
 
     def path(self, k:int)->Path: return self.root/f"shard-{k:06d}.parquet"
 
@@ -299,14 +300,10 @@ class ShardStore:
         "Write shard `k` atomically."
         cols = {"row": rows, **{c: d[c] for c in ("cond_sum", "uncond_sum", "n_cond", "n_uncond")}}
         if per_token: cols["token_losses"] = pa.array([None if x is None else x.astype(np.float32) for x in d["token_losses"]], pa.list_(pa.float32()))
-        tmp = self.path(k).with_suffix(f".tmp{os.getpid()}")
-        pq.write_table(pa.table(cols), tmp); os.replace(tmp, self.path(k))
+        with atomic_write(self.path(k)) as tmp: pq.write_table(pa.table(cols), tmp)
 
     def finished(self)->list[int]: return sorted(int(p.stem.split("-")[1]) for p in self.root.glob("shard-*.parquet"))
 
-def _atomic_write(path:Path, data:bytes):
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_bytes(data); os.replace(tmp, path)
 
 # %% ../nbs/03_scoring.ipynb #22b83135
 def scoring_dtype(dtype:str="auto", # auto, float32, bfloat16
@@ -454,6 +451,8 @@ def prepare_scoring(data, # rows: anything `data.load_rows` reads, or a `Dataset
          )->ScoringJob:
     "Load rows and model, tokenize, and key the cache: a job ready to `run`."
     from smallsel_nb.data import load_rows, tokenize_for_scoring
+    if batch_tokens is not None and batch_tokens < 1: raise SmallselError(f"--batch-tokens {batch_tokens} must be >= 1 (padded tokens per forward)")
+    if max_length is not None and max_length < 1: raise SmallselError(f"--max-length {max_length} must be >= 1")
     ds = data if isinstance(data, Dataset) and {"id", "instruction", "input", "output"} <= set(data.column_names) else load_rows(data)
     if len(ds) == 0: raise SmallselError("no rows to score")
     m, tokenizer, name = _resolve_model(model, dtype, device)
@@ -515,7 +514,7 @@ def cli_score(data:str, # rows to score: .jsonl/.json/.parquet/.csv file, datase
     from smallsel_nb.data import save_rows
     from smallsel_nb.models import local_model
     if local_only: model = local_model(model)  # a cached hub id becomes its snapshot folder: no network access
-    if not str(out).endswith((".parquet", ".jsonl")): raise SmallselError(f"--out must end in .parquet or .jsonl, not {out!r}")
+    check_output(out, (".parquet", ".jsonl"))  # before any work: a bad output path fails at once
     t0 = time.time()
     kw = dict(template=template, max_length=max_length, batch_tokens=batch_tokens, device=device, dtype=dtype,
               cache_dir=cache_dir, per_token=per_token, system=system)
