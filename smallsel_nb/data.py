@@ -423,6 +423,12 @@ def canonical_table(source, # anything `read_source` accepts, or a `RawTable`
     ids, id_probs = _make_ids(tbl, id_column, src, conv.turn)
     if check_ids and (dup := _duplicates(ids)) is not None: id_probs.append(dup)
     probs = [p for p in _problems(raw, s, conv, src, id_probs) if p.mask.any()]
+    if "error" in tbl.column_names and _is_str(tbl.schema.field("error").type):  # rows an earlier `convert --errors report` marked bad
+        err = tbl["error"] if conv.src_rows is None else tbl["error"].take(pa.array(src))
+        m = err.is_valid().to_numpy(zero_copy_only=False)
+        if m.any():
+            why = {int(i): f"marked bad earlier: {err[int(i)].as_py()}" for i in np.flatnonzero(m)}
+            probs.append(_Problem(next(iter(why.values())), m, why))
     if probs and errors == "raise":
         p = min(probs, key=lambda p: int(src[p.mask].min()))
         raise row_error(p.reason, np.unique(src[p.mask]).tolist(), name)

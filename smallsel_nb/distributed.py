@@ -199,6 +199,7 @@ def score_distributed(data, # rows: anything `data.load_rows` reads, or a `Datas
                       prefix_cache:bool=True, # encode shared prompt prefixes once (faster, same scores)
                       timeout_s:float=86400, # how long ranks wait for the slowest one at the end
                       verbose:bool=True, # print the tokenization summary and the per-rank report (rank 0)
+                      errors:str="fail", # rows that cannot be read or converted: fail, skip or report (`scoring.bad_rows`)
                      )->Dataset|None: # the scored rows on rank 0, None on the other ranks
     "Score `data` with every process of a torchrun / accelerate launch; rank 0 merges, writes `out`, returns the rows."
     from smallsel_nb.data import save_rows
@@ -207,7 +208,8 @@ def score_distributed(data, # rows: anything `data.load_rows` reads, or a `Datas
     ranks = init_ranks(timeout_s)
     try:
         job = prepare_scoring(data, model, template, max_length, batch_tokens, rank_device(device, ranks.local_rank), dtype,
-                              cache_dir, per_token, system, shard_rows, prefix_cache, verbose=verbose and ranks.rank == 0)
+                              cache_dir, per_token, system, shard_rows, prefix_cache, verbose=verbose and ranks.rank == 0,
+                              errors=errors)
         check_shared_folder(job.store.root.parent, ranks)
         ds, reports = run_job(job, ranks)
         if ds is not None and verbose and ranks.world > 1: print(rank_summary(reports, job.n_shards))

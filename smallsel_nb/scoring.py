@@ -18,13 +18,13 @@ from datasets import Dataset
 from fastcore.meta import delegates
 from fastcore.script import Param
 from .core import (SmallselError, cache_root, cpu_has_bf16, fingerprint, get_device, get_dtype, progress,
-                              table_fingerprint, arrow_table, atomic_write, check_output)
+                              table_fingerprint, arrow_table, atomic_write, check_output, row_error)
 
 # %% auto #0
-__all__ = ['SCORE_COLUMNS', 'score_per_row', 'pad_batch', 'scored_positions', 'head_nll', 'check_fast_head', 'find_prefixes',
-           'assign_prefix', 'prefix_kv', 'forward_nll', 'plan_shards', 'plan_batches', 'ShardScorer', 'ShardStore',
-           'scoring_dtype', 'Ragged', 'score_tokenized', 'finalize_scores', 'model_max_length', 'ScoringJob',
-           'prepare_scoring', 'attach_scores', 'score', 'error_summary', 'cli_score']
+__all__ = ['SCORE_COLUMNS', 'ERRORS', 'score_per_row', 'pad_batch', 'scored_positions', 'head_nll', 'check_fast_head',
+           'find_prefixes', 'assign_prefix', 'prefix_kv', 'forward_nll', 'plan_shards', 'plan_batches', 'ShardScorer',
+           'ShardStore', 'scoring_dtype', 'Ragged', 'score_tokenized', 'finalize_scores', 'model_max_length',
+           'bad_rows', 'ScoringJob', 'prepare_scoring', 'attach_scores', 'score', 'error_summary', 'cli_score']
 
 # %% ../nbs/03_scoring.ipynb #190541cb
 @torch.inference_mode()
@@ -420,6 +420,22 @@ def model_max_length(model)->int|None:
     return getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
 
 # %% ../nbs/03_scoring.ipynb #f1378f2f
+ERRORS = ("fail", "skip", "report")
+
+def bad_rows(ds:Dataset, # canonical rows, maybe with an `error` column (`load_rows(errors="report")`, `smallsel convert`)
+             errors:str="fail", # fail: raise naming the rows; skip: leave them out; report: keep them (scored NaN, reason in `score_error`)
+             source:str|None=None, # name for messages
+             verbose:bool=True, # print how many rows were skipped
+            )->Dataset:
+    "Apply the bad-row policy: a bad row is never scored (never a 0), and with `fail` the run stops naming it."
+    if "error" not in ds.column_names: return ds
+    err = arrow_table(ds)["error"]
+    bad = np.flatnonzero(err.is_valid().to_numpy(zero_copy_only=False))
+    if not len(bad) or errors == "report": return ds
+    if errors == "fail": raise row_error(f"{err[int(bad[0])].as_py()} (--errors skip leaves bad rows out, --errors report keeps them unscored with the reason)", bad, source)
+    if verbose: print(f"skipped {len(bad):,} bad row{'s' if len(bad) > 1 else ''} (--errors skip)")
+    return ds.select(np.flatnonzero(err.is_null().to_numpy(zero_copy_only=False)))
+
 @dataclass
 class ScoringJob:
     "Everything needed to run (part of) a scoring pass: rows, tokenized view, model, cache store, settings."
@@ -448,12 +464,15 @@ def prepare_scoring(data, # rows: anything `data.load_rows` reads, or a `Dataset
           prefix_cache:bool=True, # encode shared prompt prefixes once (faster, same scores)
           verbose:bool=True, # print the tokenization summary
           identity:str|None=None, # the model's `models.model_identity` when known (skips hashing the weights again)
+          errors:str="fail", # rows that cannot be read or converted: fail (name them), skip (leave them out), report (keep them, unscored)
          )->ScoringJob:
     "Load rows and model, tokenize, and key the cache: a job ready to `run`."
     from smallsel_nb.data import load_rows, tokenize_for_scoring
     if batch_tokens is not None and batch_tokens < 1: raise SmallselError(f"--batch-tokens {batch_tokens} must be >= 1 (padded tokens per forward)")
     if max_length is not None and max_length < 1: raise SmallselError(f"--max-length {max_length} must be >= 1")
-    ds = data if isinstance(data, Dataset) and {"id", "instruction", "input", "output"} <= set(data.column_names) else load_rows(data)
+    if errors not in ERRORS: raise SmallselError(f"--errors {errors!r}: choose one of {', '.join(ERRORS)}")
+    ds = data if isinstance(data, Dataset) and {"id", "instruction", "input", "output"} <= set(data.column_names) else load_rows(data, errors="report")
+    ds = bad_rows(ds, errors, str(data) if isinstance(data, (str, Path)) else None, verbose)
     if len(ds) == 0: raise SmallselError("no rows to score")
     m, tokenizer, name = _resolve_model(model, dtype, device)
     limit = model_max_length(m)
@@ -509,6 +528,7 @@ def cli_score(data:str, # rows to score: .jsonl/.json/.parquet/.csv file, datase
               system:str=None, # system prompt for the chat template (default: none)
               per_token:bool=False, # also write per-token conditional losses
               local_only:bool=False, # never reach the model hub: a hub id loads only from the local HF cache
+              errors:Param("rows that cannot be read or converted: fail (name them), skip (leave them out), report (keep them unscored, reason in score_error)", str, choices=["fail", "skip", "report"])="fail",
              ):
     "Score every row with a causal LM and write the rows with their scores."
     from smallsel_nb.data import save_rows
@@ -517,7 +537,7 @@ def cli_score(data:str, # rows to score: .jsonl/.json/.parquet/.csv file, datase
     check_output(out, (".parquet", ".jsonl"))  # before any work: a bad output path fails at once
     t0 = time.time()
     kw = dict(template=template, max_length=max_length, batch_tokens=batch_tokens, device=device, dtype=dtype,
-              cache_dir=cache_dir, per_token=per_token, system=system)
+              cache_dir=cache_dir, per_token=per_token, system=system, errors=errors)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun / accelerate launch: one share per rank
         from smallsel_nb.distributed import score_distributed
         res = score_distributed(data, model, out=out, **kw)

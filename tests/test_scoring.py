@@ -99,3 +99,30 @@ def test_oom_halves_the_batch_and_warns_once(monkeypatch):
     oom = [x for x in w if "out of memory" in str(x.message)]
     assert len(oom) == 1
     np.testing.assert_allclose(np.array(got["cond_loss"], float), np.array(want["cond_loss"], float), rtol=1e-5)
+
+def _rows_with_bad(tmp_path):
+    "A converted file (`convert --errors report`) with two bad rows among good ones."
+    from smallsel_nb.data import cli_convert
+    import json
+    rows = make_noisy_instructions(12, seed=1).to_list()
+    rows[2]["output"] = ""; rows[7]["instruction"] = 5
+    (tmp_path/"raw.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cli_convert(str(tmp_path/"raw.jsonl"), out=str(tmp_path/"conv.jsonl"))
+    return tmp_path/"conv.jsonl"
+
+def test_errors_fail_names_the_rows(tmp_path):
+    with pytest.raises(SmallselError, match=r"conv.jsonl: .*--errors skip.*\(rows 2, 7\)"):
+        score(str(_rows_with_bad(tmp_path)), make_lm("tiny"), cache_dir=False)
+
+def test_errors_skip_and_report_never_score_a_bad_row(tmp_path):
+    "skip leaves the bad rows out; report keeps them with NaN scores and the reason; no bad row is ever scored 0."
+    f = _rows_with_bad(tmp_path)
+    skipped = score(str(f), make_lm("tiny"), cache_dir=False, errors="skip")
+    assert len(skipped) == 10 and all(e is None for e in skipped["score_error"]) and np.isfinite(skipped["cond_loss"]).all()
+    rep = score(str(f), make_lm("tiny"), cache_dir=False, errors="report")
+    assert len(rep) == 12
+    err = rep["score_error"]
+    assert [i for i, e in enumerate(err) if e is not None] == [2, 7] and "not a string" in err[7]
+    assert np.isnan(np.array(rep["cond_loss"], float)[[2, 7]]).all() and np.isnan(np.array(rep["ifd"], float)[[2, 7]]).all()
+    np.testing.assert_allclose(np.delete(np.array(rep["ifd"], float), [2, 7]), skipped["ifd"], rtol=1e-6)
+    with pytest.raises(SmallselError, match="--errors 'nope'"): score(str(f), make_lm("tiny"), cache_dir=False, errors="nope")
