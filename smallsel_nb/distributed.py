@@ -199,7 +199,7 @@ def score_distributed(data, # rows: anything `data.load_rows` reads, or a `Datas
                       prefix_cache:bool=True, # encode shared prompt prefixes once (faster, same scores)
                       timeout_s:float=86400, # how long ranks wait for the slowest one at the end
                       verbose:bool=True, # print the tokenization summary and the per-rank report (rank 0)
-                      errors:str="fail", # rows that cannot be read or converted: fail, skip or report (`scoring.bad_rows`)
+                      errors:str|None=None, # bad rows: fail, skip or report (`scoring.prepare_scoring`)
                      )->Dataset|None: # the scored rows on rank 0, None on the other ranks
     "Score `data` with every process of a torchrun / accelerate launch; rank 0 merges, writes `out`, returns the rows."
     from smallsel_nb.data import save_rows

@@ -537,14 +537,16 @@ def prepare_scoring(data, # rows: anything `data.load_rows` reads, or a `Dataset
           prefix_cache:bool=True, # encode shared prompt prefixes once (faster, same scores)
           verbose:bool=True, # print the tokenization summary
           identity:str|None=None, # the model's `models.model_identity` when known (skips hashing the weights again)
-          errors:str="fail", # rows that cannot be read or converted: fail (name them), skip (leave them out), report (keep them, unscored)
+          errors:str|None=None, # bad rows: fail (name them), skip (leave them out), report (keep them, unscored); None: report for a Dataset loaded with errors="report", else fail
          )->ScoringJob:
     "Load rows and model, tokenize, and key the cache: a job ready to `run`."
     from smallsel_nb.data import load_rows, tokenize_for_scoring
     if batch_tokens is not None and batch_tokens < 1: raise SmallselError(f"--batch-tokens {batch_tokens} must be >= 1 (padded tokens per forward)")
     if max_length is not None and max_length < 1: raise SmallselError(f"--max-length {max_length} must be >= 1")
-    if errors not in ERRORS: raise SmallselError(f"--errors {errors!r}: choose one of {', '.join(ERRORS)}")
-    ds = data if isinstance(data, Dataset) and {"id", "instruction", "input", "output"} <= set(data.column_names) else load_rows(data, errors="report")
+    if errors is not None and errors not in ERRORS: raise SmallselError(f"--errors {errors!r}: choose one of {', '.join(ERRORS)}")
+    canonical = isinstance(data, Dataset) and {"id", "instruction", "input", "output"} <= set(data.column_names)
+    errors = errors or ("report" if canonical else "fail")  # a Dataset with an `error` column: the caller chose to report
+    ds = data if canonical else load_rows(data, errors="report")
     ds = bad_rows(ds, errors, str(data) if isinstance(data, (str, Path)) else None, verbose)
     if len(ds) == 0: raise SmallselError("no rows to score")
     m, tokenizer, name = _resolve_model(model, dtype, device)
