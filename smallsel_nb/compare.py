@@ -15,7 +15,7 @@ import torch
 from datasets import Dataset
 from fastcore.script import Param
 
-from .core import SmallselError, set_seed, matmul_params, forward_flops, train_flops
+from .core import SmallselError, set_seed, matmul_params, forward_flops, train_flops, check_output
 from .data import tokenize_for_scoring
 from .models import make_lm, load_lm, resolve_model
 from .scoring import score, Ragged, arrow_table
@@ -406,6 +406,7 @@ def cli_demo(full:bool=False, # three seeds, budgets of 10 and 30 percent, and a
              threads:int=1, # CPU threads for torch (1 is fastest on a busy 2-core machine)
             )->CompareResult:
     "Run the embedded demo: noisy pool, small reference model, scores, 30% selection, large model on full / random / selected."
+    check_output(out, None)  # before minutes of work: the results folder can be written
     torch.set_num_threads(max(1, threads))
     os.environ.setdefault("SMALLSEL_PROGRESS", "0")
     res = run_demo(full=full, out=out, seed=seed)
@@ -445,11 +446,15 @@ def cli_compare(config:str, # YAML file describing the grid (see the notebook fo
     import yaml
     p = Path(config)
     if not p.exists(): raise SmallselError(f"{p}: no such file")
-    cfg = yaml.safe_load(p.read_text()) or {}
+    try: cfg = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e: raise SmallselError(f"{p}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(cfg, dict): raise SmallselError(f"{p}: expected a mapping of keys (pool, eval, ...), got a YAML {type(cfg).__name__}")
     unknown = set(cfg) - _CONFIG_KEYS
     if unknown: raise SmallselError(f"{p}: unknown key(s) {', '.join(sorted(unknown))}; keys: {', '.join(sorted(_CONFIG_KEYS))}")
     for k in ("pool", "eval"):
         if k not in cfg: raise SmallselError(f"{p}: `{k}` is required (a data file or {{synth: {{...}}}})")
+    out = None if not cfg.get("out") else Path(cfg["out"]) if Path(cfg["out"]).is_absolute() else p.parent/cfg["out"]  # relative to the config
+    if out is not None: check_output(out, None, f"{p}: out")  # before any work: the results folder can be written
     if cfg.get("threads"): torch.set_num_threads(int(cfg["threads"]))
     sels = {n: _selection_spec(n, s, p) for n, s in (cfg.get("selections") or {}).items()}
     tk = dict(template=cfg.get("template", "alpaca"), max_length=cfg.get("max_length", 512))
@@ -467,8 +472,6 @@ def cli_compare(config:str, # YAML file describing the grid (see the notebook fo
         print(f"scored {len(pool):,} rows with {name}: {scost.flops:.3g} FLOPs, {scost.seconds:.0f} s")
     res = compare(pool, ev, sels, budgets=cfg.get("budgets", [0.3]), seeds=cfg.get("seeds", 3), model=cfg.get("model", "small"),
                   cost=cost, **tk, **(cfg.get("train") or {}))
-    if cfg.get("out"):
-        out = Path(cfg["out"]) if Path(cfg["out"]).is_absolute() else p.parent/cfg["out"]  # paths are relative to the config
-        res.save(out)
+    if out is not None: res.save(out)
     print("\n" + res.summary())
     return res

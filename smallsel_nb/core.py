@@ -148,7 +148,9 @@ def check_output(path:str|Path, # the output a command will write
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=p.parent).close()
-    except OSError as e: raise SmallselError(f"{flag} {str(path)!r} cannot be written: {e.strerror or e}") from None
+    except OSError as e:
+        blocker = next((a for a in p.parents if a.exists() and not a.is_dir()), None)  # a file where a folder should be
+        raise SmallselError(f"{flag} {str(path)!r} cannot be written: {f'{blocker} is a file, not a folder' if blocker else e.strerror or e}") from None
     return p
 
 # %% ../nbs/00_core.ipynb #e370dd56

@@ -17,7 +17,7 @@ import torch
 from datasets import Dataset
 
 from fastcore.script import Param
-from .core import SmallselError, cache_root, fingerprint, table_fingerprint, atomic_write
+from .core import SmallselError, cache_root, fingerprint, table_fingerprint, atomic_write, check_output
 from .scoring import (ScoringJob, Ragged, arrow_table, attach_scores, error_summary, plan_shards,
                                  prepare_scoring, _resolve_model)
 
@@ -204,7 +204,7 @@ def score_distributed(data, # rows: anything `data.load_rows` reads, or a `Datas
     "Score `data` with every process of a torchrun / accelerate launch; rank 0 merges, writes `out`, returns the rows."
     from smallsel_nb.data import save_rows
     if cache_dir is False: raise SmallselError("score_distributed exchanges shards through the cache folder: cache_dir=False is not possible")
-    if out is not None and not str(out).endswith((".parquet", ".jsonl")): raise SmallselError(f"out must end in .parquet or .jsonl, not {str(out)!r}")
+    if out is not None: check_output(out, (".parquet", ".jsonl"))
     ranks = init_ranks(timeout_s)
     try:
         job = prepare_scoring(data, model, template, max_length, batch_tokens, rank_device(device, ranks.local_rank), dtype,
@@ -320,6 +320,10 @@ def chunk_source(source, # .parquet / .jsonl file, a folder of them, or a `datas
     exts = {f.suffix.lower() for f in paths}
     if not paths: raise SmallselError(f"{source}: no .parquet or .jsonl files to stream")
     if len(exts) > 1: raise SmallselError(f"{source}: mixes {' and '.join(sorted(exts))} files; stream one kind at a time")
+    if empty := [f for f in paths if f.stat().st_size == 0]: raise SmallselError(f"{empty[0]}: no rows (the file is empty)")
+    for f in paths if exts == {".parquet"} else []:  # a truncated file fails here, named, not in the middle of the run
+        try: pq.read_metadata(f)
+        except (pa.ArrowException, OSError) as e: raise SmallselError(f"{f}: cannot read .parquet file: {str(e).splitlines()[0]}") from None
     if exts == {".parquet"}: return ChunkSource(str(source), lambda: _parquet_chunks(paths, chunk_rows), _file_signature(paths))
     if exts == {".jsonl"}: return ChunkSource(str(source), lambda: _rechunk(_jsonl_batches(paths), chunk_rows), _file_signature(paths))
     raise SmallselError(f"{source}: {p.suffix or 'this'} files cannot be streamed; use .parquet or .jsonl "
@@ -406,7 +410,7 @@ def score_stream(source, # .parquet / .jsonl file, a folder of them, or a `datas
                 )->dict|None: # on rank 0: rows, truncated, errors, chunks computed / reused, out; None elsewhere
     "Score a pool chunk by chunk with constant memory, with one or many processes; rank 0 writes `out`."
     if cache_dir is False: raise SmallselError("score_stream keeps its chunks in the cache folder: cache_dir=False is not possible")
-    if not str(out).endswith((".parquet", ".jsonl")): raise SmallselError(f"out must end in .parquet or .jsonl, not {str(out)!r}")
+    check_output(out, (".parquet", ".jsonl"))  # before any work: a bad output path fails at once
     src = chunk_source(source, chunk_rows)
     ranks = init_ranks(timeout_s)
     try:

@@ -1079,6 +1079,7 @@ def read_scored(path:str|Path, # a .parquet or .jsonl file of scored rows
     if p.suffix not in (".parquet", ".jsonl", ".json"): raise SmallselError(f"{p}: unknown file type {p.suffix!r}; use .parquet or .jsonl")
     raw = read_source(p)
     if raw.bad: raise row_error(raw.bad[min(raw.bad)], sorted(raw.bad), str(p))
+    if raw.table.num_rows == 0: raise SmallselError(f"{p}: no rows (the file is empty)")
     return raw.table
 
 def write_rows(tbl:pa.Table, # rows to write

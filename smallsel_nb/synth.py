@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from datasets import Dataset
 from datasets.table import InMemoryTable
 
-from .core import SmallselError, fingerprint, arrow_table
+from .core import SmallselError, fingerprint, arrow_table, check_output
 
 # %% auto #0
 __all__ = ['FAMILIES', 'FRAMES', 'KINDS', 'REAL_KINDS', 'make_noisy_instructions', 'corrupt_rows', 'make_eval_split',
@@ -490,7 +490,7 @@ def cli_synth(out:str, # output file, `.jsonl` or `.parquet`
     "Write a synthetic noisy instruction pool (and optionally a clean eval split) and print its label counts."
     from smallsel_nb.data import save_rows
     path = Path(out)
-    if path.suffix not in (".jsonl", ".parquet"): raise SmallselError(f"{out}: output must end in .jsonl or .parquet")
+    check_output(path, (".jsonl", ".parquet"), "out")  # before any work: a bad output path fails at once
     if eval_n < 0: raise SmallselError(f"eval_n must be >= 0, got {eval_n}")
     ds = make_noisy_instructions(n, noise=noise, kinds=kinds, families=families, seed=seed)
     save_rows(ds, path)
