@@ -15,7 +15,7 @@ import torch
 from datasets import Dataset
 from fastcore.script import Param
 
-from .core import SmallselError, set_seed, matmul_params, forward_flops, train_flops, check_output
+from .core import SmallselError, set_seed, matmul_params, forward_flops, train_flops, check_output, atomic_write
 from .data import tokenize_for_scoring
 from .models import make_lm, load_lm, resolve_model
 from .scoring import score, Ragged, arrow_table
@@ -207,7 +207,9 @@ class CompareResult:
         b.bar(s.arm, 100 * s.exact_match, yerr=100 * s.exact_match_ci.fillna(0), capsize=4, color="tab:blue")
         b.set_ylabel("exact match (%)"); b.set_title("clean exact match (95% CI)"); b.tick_params(axis="x", rotation=30)
         fig.tight_layout()
-        if path is not None: fig.savefig(path, dpi=110); plt.close(fig)
+        if path is not None:
+            with atomic_write(path) as tmp: fig.savefig(tmp, dpi=110, format=Path(path).suffix[1:] or "png")
+            plt.close(fig)
         return fig
 
     def summary(self)->str:
@@ -228,7 +230,8 @@ class CompareResult:
         "Write the results, the learning curves and the table with its verdict."
         out = Path(out); out.mkdir(parents=True, exist_ok=True)
         self.to_json(out/"results.json"); self.plot(out/"curves.png")
-        (out/"table.md").write_text(self.table().to_html(index=False) + "\n\n" + "\n".join(f"- {v}" for v in self.verdict()) + "\n")
+        with atomic_write(out/"table.md") as tmp:
+            tmp.write_text(self.table().to_html(index=False) + "\n\n" + "\n".join(f"- {v}" for v in self.verdict()) + "\n")
 
     def to_json(self, path:str|Path|None=None)->str:
         "Runs, histories, cost and verdict as JSON (and a file when `path` is given)."
@@ -236,7 +239,8 @@ class CompareResult:
                  cost=dict(flops=self.cost.flops, seconds=self.cost.seconds, parts=self.cost.parts), notes=self.notes,
                  histories=[dict(arm=k[0], seed=k[1], history=h) for k, h in self.histories.items()])
         s = json.dumps(d, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o))
-        if path is not None: Path(path).write_text(s)
+        if path is not None:
+            with atomic_write(path) as tmp: tmp.write_text(s)
         return s
 
 def _interactive()->bool:

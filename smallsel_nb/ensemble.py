@@ -15,7 +15,7 @@ import pyarrow as pa
 from scipy import stats
 from fastcore.script import Param
 
-from .core import SmallselError, row_error, check_output
+from .core import SmallselError, row_error, check_output, atomic_write
 from .select import Columns, read_scored, write_rows, _unique_names
 
 # %% auto #0
@@ -345,5 +345,6 @@ def cli_ensemble(inputs:Param("scored files, one per model (as `smallsel score` 
         corr = rank_agreement(merged, cols + ([ref_col] if ref_col else []))
         fig = Figure(figsize=(1.0 + 0.75 * len(corr), 0.6 + 0.65 * len(corr)))
         plot_agreement(corr, title=f"Spearman agreement of {by}", ax=fig.add_subplot())
-        fig.savefig(heatmap, dpi=100); print(f"  heatmap -> {heatmap}")
+        with atomic_write(heatmap) as tmp: fig.savefig(tmp, dpi=100, format="png")
+        print(f"  heatmap -> {heatmap}")
     return merged
