@@ -145,3 +145,21 @@ def test_bad_input_fails_cleanly_as_a_process(command, case, fx, tmp_path):
     r = subprocess.run([sys.executable, "-m", "smallsel_nb.cli", *argv], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr and msg in r.stderr, r.stderr
     if out is not None: assert not Path(out).exists()
+
+def test_hard_but_valid_rows_are_accepted(tmp_path, capsys, monkeypatch):
+    "A 1 MB row, RTL and bidi marks, a NUL, emoji: not errors. They are scored (the long row truncated, flagged) and round-trip through CSV."
+    import pandas as pd
+    from smallsel_nb.data import load_rows
+    monkeypatch.setenv("SMALLSEL_CACHE", str(tmp_path/"cache"))
+    rows = _rows(6)
+    rows[1]["input"] = "x" * 1_000_000
+    rows[2]["output"] = "مرحبا بالعالم \u202e RTL \u200f"
+    rows[3]["instruction"] = "nul\u0000inside"
+    rows[4]["output"] = "日本語 🙂👍🏽"
+    (tmp_path/"weird.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert main(["score", str(tmp_path/"weird.jsonl"), "--model", "tiny", "--out", str(tmp_path/"s.parquet")]) == 0
+    s = pd.read_parquet(tmp_path/"s.parquet")
+    assert np.isfinite(s["ifd"]).all() and s["score_error"].isna().all() and s["truncated"].tolist() == [False, True, False, False, False, False]
+    assert main(["convert", str(tmp_path/"weird.jsonl"), "--out", str(tmp_path/"w.csv")]) == 0
+    a, b = load_rows(tmp_path/"weird.jsonl"), load_rows(tmp_path/"w.csv")
+    for c in ("id", "instruction", "input", "output"): assert a[c] == b[c], c
