@@ -344,13 +344,16 @@ def _stale(self:ShardStore, k:int)->bool:
 @patch
 def claim(self:ShardStore, k:int)->bool:
     "Claim shard `k` for this process (False when another live process holds it)."
-    f = self._claim_path(k)
+    f, me = self._claim_path(k), f"{socket.gethostname()}:{os.getpid()}"
     for _ in range(2):
         try:
             fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            with os.fdopen(fd, "w") as fh: fh.write(f"{socket.gethostname()}:{os.getpid()}")
+            with os.fdopen(fd, "w") as fh: fh.write(me)
             return True
         except FileExistsError:
+            try:
+                if f.read_text() == me: return True  # ours already (left by an interrupted run in this process)
+            except OSError: pass
             if not self._stale(k): return False
             f.unlink(missing_ok=True)  # a dead owner's claim: take it over
     return False
