@@ -485,9 +485,13 @@ def cli_score_stream(data:str, # .parquet or .jsonl file, or a folder of them (r
                      system:str=None, # system prompt for the chat template (default: none)
                      per_token:bool=False, # also write per-token conditional losses
                      shard_rows:int=2048, # rows per cached shard
+                     local_only:bool=False, # never reach the model hub: a hub id loads only from the local HF cache
                     ):
     "Score a pool too big for memory, chunk by chunk (also under torchrun / accelerate launch)."
     t0 = time.time()
+    if local_only:
+        from smallsel_nb.models import local_model
+        model = local_model(model)  # a cached hub id becomes its snapshot folder: no network access
     s = score_stream(data, model, out, chunk_rows, template, max_length, batch_tokens, device, dtype, cache_dir, per_token,
                      system, shard_rows)
     if s is None: return None

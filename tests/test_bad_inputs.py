@@ -67,7 +67,7 @@ def _cmd(command, d, case):
     if case == "unwritable_output": out = d/"afile.txt"/"out.parquet"
     if command in ("convert", "score", "finetune", "score-stream"):
         if case in DATA: src, msg = DATA[case]
-        elif case in ("unwritable_output", "path_like_model", "out_of_range"): src, msg = "good.jsonl", None
+        elif case in ("unwritable_output", "path_like_model", "hub_model_local_only", "out_of_range"): src, msg = "good.jsonl", None
         else: return None
         if command == "score-stream" and case == "malformed": msg = "row 5"  # streamed by pyarrow: the 0-based row
         if command == "finetune": out = out.with_suffix("")
@@ -79,6 +79,10 @@ def _cmd(command, d, case):
         if case == "path_like_model":
             if command == "convert": return None
             argv[argv.index("tiny")], msg = "./no/such/model", "no such file or folder: ./no/such/model"
+        if case == "hub_model_local_only":  # a hub id that is not cached, with --local-only: refused at once, no network
+            if command == "convert": return None
+            argv[argv.index("tiny")], msg = "smallsel-test/not-a-model", "--local-only (local_only=True) forbids a hub lookup"
+            argv.append("--local-only")
         if case == "out_of_range":
             extra, msg = {"convert": (["--turns", "some"], "turns"), "score": (["--batch-tokens", "0"], "--batch-tokens 0"),
                           "finetune": (["--lr", "0"], "--lr 0"), "score-stream": (["--batch-tokens", "0"], "--batch-tokens 0")}[command]
@@ -117,7 +121,7 @@ def _cmd(command, d, case):
 
 COMMANDS = ["convert", "score", "select", "ensemble", "finetune", "score-stream", "synth", "models", "compare", "demo"]
 CASES = ["empty", "malformed", "truncated_parquet", "missing_field", "non_string", "empty_string", "duplicate_ids",
-         "missing_path", "path_like_model", "unwritable_output", "out_of_range", "out_of_range_inf"]
+         "missing_path", "path_like_model", "hub_model_local_only", "unwritable_output", "out_of_range", "out_of_range_inf"]
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("command", COMMANDS)

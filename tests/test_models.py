@@ -73,7 +73,7 @@ def test_offline_hub_id_fails_at_once_with_the_reason(monkeypatch):
     with pytest.raises(SmallselError, match="'ft_reff/model' is not a local file/folder and HF_HUB_OFFLINE=1 forbids a hub lookup"):
         M.load_lm("ft_reff/model")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    with pytest.raises(SmallselError, match="'gpt2' is not a local file/folder and --local-only"): M.load_lm("gpt2", local_only=True)
+    with pytest.raises(SmallselError, match="'smallsel-test-no-such-model' is not a local file/folder and --local-only"): M.load_lm("smallsel-test-no-such-model", local_only=True)
     assert time.time() - t0 < 5
 
 
