@@ -81,7 +81,8 @@ def main(argv:list[str]|None=None, # arguments (default: `sys.argv[1:]`)
     from smallsel_nb.core import SmallselError
     try: _run(argv[0], argv[1:])
     except SmallselError as e:
-        print(f"smallsel {argv[0]}: error: {e}", file=sys.stderr); sys.exit(2)
+        one_line = "; ".join(l.strip() for l in str(e).splitlines() if l.strip())  # e.g. a library's multi-line reason
+        print(f"smallsel {argv[0]}: error: {one_line}", file=sys.stderr); sys.exit(2)
     return 0
 
 # %% ../nbs/90_cli.ipynb #7fb14991

@@ -15,7 +15,7 @@ import torch
 from datasets import Dataset
 from fastcore.script import Param
 
-from .core import SmallselError, optional, set_seed, matmul_params, forward_flops, train_flops
+from .core import SmallselError, optional, set_seed, matmul_params, forward_flops, train_flops, check_output, atomic_write
 from .data import tokenize_for_scoring
 from .models import make_lm, load_lm, resolve_model
 from .scoring import score, Ragged, arrow_table
@@ -212,7 +212,9 @@ class CompareResult:
         b.bar(s.arm, 100 * s.exact_match, yerr=100 * s.exact_match_ci.fillna(0), capsize=4, color="tab:blue")
         b.set_ylabel("exact match (%)"); b.set_title("clean exact match (95% CI)"); b.tick_params(axis="x", rotation=30)
         fig.tight_layout()
-        if path is not None: fig.savefig(path, dpi=110); plt.close(fig)
+        if path is not None:
+            with atomic_write(path) as tmp: fig.savefig(tmp, dpi=110, format=Path(path).suffix[1:] or "png")
+            plt.close(fig)
         return fig
 
     def summary(self)->str:
@@ -235,7 +237,8 @@ class CompareResult:
         self.to_json(out/"results.json")
         if importlib.util.find_spec("matplotlib"): self.plot(out/"curves.png")
         else: print(f'note: {out/"curves.png"} not drawn: matplotlib is not installed (pip install "smallsel_nb[notebooks]")')
-        (out/"table.md").write_text(self.table().to_html(index=False) + "\n\n" + "\n".join(f"- {v}" for v in self.verdict()) + "\n")
+        with atomic_write(out/"table.md") as tmp:
+            tmp.write_text(self.table().to_html(index=False) + "\n\n" + "\n".join(f"- {v}" for v in self.verdict()) + "\n")
 
     def to_json(self, path:str|Path|None=None)->str:
         "Runs, histories, cost and verdict as JSON (and a file when `path` is given)."
@@ -243,7 +246,8 @@ class CompareResult:
                  cost=dict(flops=self.cost.flops, seconds=self.cost.seconds, parts=self.cost.parts), notes=self.notes,
                  histories=[dict(arm=k[0], seed=k[1], history=h) for k, h in self.histories.items()])
         s = json.dumps(d, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o))
-        if path is not None: Path(path).write_text(s)
+        if path is not None:
+            with atomic_write(path) as tmp: tmp.write_text(s)
         return s
 
 _RUN_COLUMNS = {"label", "arm", "budget", "seed", "charged", "rows", "tokens", "train_flops", "selection_flops", "total_flops",
@@ -473,6 +477,7 @@ def cli_demo(full:bool=False, # three seeds, budgets of 10 and 30 percent, and a
             )->CompareResult:
     "Run the embedded demo: noisy pool, small reference model, scores, 30% selection, large model on full / random / selected."
     demo_settings(full, benchmark, seeds=seeds, noise=noise, n=n)   # bad settings fail now, not after minutes of training
+    check_output(out, None)  # before minutes of work: the results folder can be written
     torch.set_num_threads(max(1, threads))
     os.environ.setdefault("SMALLSEL_PROGRESS", "0")
     res = run_demo(full=full, out=out, seed=seed, benchmark=benchmark, seeds=seeds, noise=noise, n=n)
@@ -560,11 +565,15 @@ def cli_compare(config:str, # YAML file describing the grid (see the notebook fo
     import yaml
     p = Path(config)
     if not p.exists(): raise SmallselError(f"{p}: no such file")
-    cfg = yaml.safe_load(p.read_text()) or {}
+    try: cfg = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e: raise SmallselError(f"{p}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(cfg, dict): raise SmallselError(f"{p}: expected a mapping of keys (pool, eval, ...), got a YAML {type(cfg).__name__}")
     unknown = set(cfg) - _CONFIG_KEYS
     if unknown: raise SmallselError(f"{p}: unknown key(s) {', '.join(sorted(unknown))}; keys: {', '.join(sorted(_CONFIG_KEYS))}")
     for k in ("pool", "eval"):
         if k not in cfg: raise SmallselError(f"{p}: `{k}` is required (a data file or {{synth: {{...}}}})")
+    out = None if not cfg.get("out") else Path(cfg["out"]) if Path(cfg["out"]).is_absolute() else p.parent/cfg["out"]  # relative to the config
+    if out is not None: check_output(out, None, f"{p}: out")  # before any work: the results folder can be written
     if cfg.get("threads"): torch.set_num_threads(int(cfg["threads"]))
     sels = {n: _selection_spec(n, s, p) for n, s in (cfg.get("selections") or {}).items()}
     tk = dict(template=cfg.get("template", "alpaca"), max_length=cfg.get("max_length", 512))
@@ -582,8 +591,6 @@ def cli_compare(config:str, # YAML file describing the grid (see the notebook fo
         print(f"scored {len(pool):,} rows with {name}: {scost.flops:.3g} FLOPs, {scost.seconds:.0f} s")
     res = compare(pool, ev, sels, budgets=cfg.get("budgets", [0.3]), seeds=cfg.get("seeds", 3), model=cfg.get("model", "small"),
                   cost=cost, **tk, **(cfg.get("train") or {}))
-    if cfg.get("out"):
-        out = Path(cfg["out"]) if Path(cfg["out"]).is_absolute() else p.parent/cfg["out"]  # paths are relative to the config
-        res.save(out)
+    if out is not None: res.save(out)
     print("\n" + res.summary())
     return res

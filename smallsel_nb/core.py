@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #20ad5de7
 from __future__ import annotations
-import contextlib, hashlib, importlib, json, logging, os, random, re
+import contextlib, hashlib, importlib, json, logging, os, random, re, shutil, tempfile, uuid
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -16,8 +16,8 @@ logger = logging.getLogger("smallsel_nb")
 
 # %% auto #0
 __all__ = ['logger', 'SmallselError', 'row_error', 'get_device', 'cpu_has_bf16', 'cuda_has_bf16', 'get_dtype', 'tf32_matmul',
-           'set_seed', 'fingerprint', 'arrow_table', 'table_fingerprint', 'cache_root', 'progress', 'matmul_params',
-           'forward_flops', 'train_flops', 'optional']
+           'set_seed', 'fingerprint', 'arrow_table', 'table_fingerprint', 'cache_root', 'progress', 'atomic_write',
+           'check_output', 'path_like', 'hub_offline', 'matmul_params', 'forward_flops', 'train_flops', 'optional']
 
 # %% ../nbs/00_core.ipynb #b0e3e95c
 class SmallselError(ValueError):
@@ -147,6 +147,52 @@ def progress(it:Iterable|None=None, # what to iterate (or None for a manual bar)
     "A tqdm progress bar; silenced by `SMALLSEL_PROGRESS=0` (tests, CI logs)."
     disable = kwargs.pop("disable", os.environ.get("SMALLSEL_PROGRESS", "1") == "0")
     return tqdm(it, total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True, **kwargs)
+
+# %% ../nbs/00_core.ipynb #8ef8784d
+@contextlib.contextmanager
+def atomic_write(path:str|Path, # the final file (its folder is created)
+                ):
+    "Yield a temporary path beside `path`; rename it onto `path` when the block ends without error, else delete it."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir(): shutil.rmtree(tmp, ignore_errors=True)
+        else: tmp.unlink(missing_ok=True)
+
+def check_output(path:str|Path, # the output a command will write
+                 exts:tuple|None=(".parquet", ".jsonl", ".csv"), # extensions it can write (None: the output is a folder)
+                 flag:str="--out", # the option's name, for messages
+                )->Path:
+    "Check an output path before any work: known extension, file or folder as expected, its folder created and writable."
+    p = Path(path).expanduser()
+    if exts is not None and p.suffix.lower() not in exts: raise SmallselError(f"{flag} must end in {' or '.join(exts)}, not {str(path)!r}")
+    if exts is not None and p.is_dir(): raise SmallselError(f"{flag} {str(path)!r} is a folder, not a file")
+    if exts is None and p.exists() and not p.is_dir(): raise SmallselError(f"{flag} {str(path)!r} is a file, not a folder")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=p.parent).close()
+    except OSError as e:
+        blocker = next((a for a in p.parents if a.exists() and not a.is_dir()), None)  # a file where a folder should be
+        raise SmallselError(f"{flag} {str(path)!r} cannot be written: {f'{blocker} is a file, not a folder' if blocker else e.strerror or e}") from None
+    return p
+
+# %% ../nbs/00_core.ipynb #e370dd56
+_FILE_EXT = re.compile(r"\.(jsonl?|parquet|csv|tsv|txt|arrow|gguf|safetensors|bin|pt|pth|ckpt|onnx|h5|zip|gz|bz2|xz|zst|tar)$", re.I)
+
+def path_like(name:str|os.PathLike, # a name a user typed
+             )->bool: # True when it can only be meant as a local path
+    "True for `./x`, `/x`, `~/x`, `x.jsonl`, `a\\b`, `a/b/c`, or `a/b` where the folder `a` exists."
+    s = str(name)
+    if s.startswith((".", "/", "~")) or "\\" in s or s.count("/") > 1 or _FILE_EXT.search(s): return True
+    parent = Path(s).expanduser().parent
+    return str(parent) not in ("", ".") and parent.is_dir()
+
+def hub_offline()->bool:
+    "True when `HF_HUB_OFFLINE` forbids hub lookups."
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 # %% ../nbs/00_core.ipynb #1a930d1e
 def matmul_params(model:torch.nn.Module, # any torch model

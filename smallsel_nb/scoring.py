@@ -4,30 +4,31 @@
 
 # %% ../nbs/03_scoring.ipynb #7cc76c44
 from __future__ import annotations
-import contextlib, inspect, json, math, os, shutil, time, warnings
+import contextlib, inspect, json, math, os, shutil, socket, time, warnings
 from dataclasses import dataclass
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa, pyarrow.parquet as pq
+import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
 
+from fastcore.basics import patch
 from fastcore.meta import delegates
 from fastcore.script import Param
 from torch.utils.checkpoint import checkpoint
 from .core import (SmallselError, cache_root, cpu_has_bf16, fingerprint, get_device, get_dtype, progress,
-                              table_fingerprint, arrow_table, tf32_matmul, logger)
+                              table_fingerprint, arrow_table, tf32_matmul, logger, atomic_write, check_output, row_error)
 
 # %% auto #0
-__all__ = ['SCORE_COLUMNS', 'score_per_row', 'pad_batch', 'scored_positions', 'head_chunk_bytes', 'head_logits', 'head_nll',
-           'check_fast_head', 'require_fast_head', 'find_prefixes', 'assign_prefix', 'prefix_kv', 'device_ints',
-           'batch_layout', 'forward_nll', 'plan_shards', 'batch_end', 'plan_batches', 'ShardScorer', 'ShardStore',
-           'scoring_dtype', 'Ragged', 'default_batch_tokens', 'score_tokenized', 'finalize_scores', 'model_max_length',
-           'ScoringJob', 'prepare_scoring', 'attach_scores', 'score', 'parse_columns', 'Scorer', 'error_summary',
-           'cli_score']
+__all__ = ['SCORE_COLUMNS', 'ERRORS', 'score_per_row', 'pad_batch', 'scored_positions', 'head_chunk_bytes', 'head_logits',
+           'head_nll', 'check_fast_head', 'require_fast_head', 'find_prefixes', 'assign_prefix', 'prefix_kv',
+           'device_ints', 'batch_layout', 'forward_nll', 'plan_shards', 'batch_end', 'plan_batches', 'ShardScorer',
+           'shard_checksum', 'ShardStore', 'scoring_dtype', 'Ragged', 'default_batch_tokens', 'score_tokenized',
+           'finalize_scores', 'model_max_length', 'bad_rows', 'ScoringJob', 'prepare_scoring', 'attach_scores', 'score',
+           'parse_columns', 'Scorer', 'error_summary', 'cli_score']
 
 # %% ../nbs/03_scoring.ipynb #190541cb
 @torch.inference_mode()
@@ -336,40 +337,111 @@ class ShardScorer:
         return f"{self.tokens / el:,.0f} tok/s" if el > 0 else ""
 
 # %% ../nbs/03_scoring.ipynb #897520a1
+_SUMS = ("cond_sum", "uncond_sum", "n_cond", "n_uncond")
+
+def shard_checksum(t:pa.Table, # a shard table: row, the sums, maybe token_losses
+                  )->str:
+    "A hash of a shard's row numbers, sums and per-token losses (stored in the shard, checked when it is read)."
+    parts = [np.ascontiguousarray(t[c].to_numpy()) for c in ("row", *_SUMS)]
+    if "token_losses" in t.column_names:
+        tl = t["token_losses"].combine_chunks()
+        parts += [pc.fill_null(pc.list_value_length(tl), -1).to_numpy(), pc.list_flatten(tl).to_numpy(zero_copy_only=False)]
+    return fingerprint(*parts, n=32)
+
 class ShardStore:
-    "A folder of finished shards for one cache key."
+    "A folder of finished shards for one cache key; claim files keep two processes off the same shard."
     def __init__(self, root:Path|str, # the cache folder for this key
                  meta:dict, # settings that produced the key (written to meta.json)
+                 stale_s:float=3600, # a claim by another machine older than this is taken over (same machine: when its process is gone)
+                 poll_s:float=0.5, # how often to look for a shard another process is computing
                 ):
-        self.root = Path(root); self.root.mkdir(parents=True, exist_ok=True)
+        self.root, self.stale_s, self.poll_s = Path(root), stale_s, poll_s
+        self.root.mkdir(parents=True, exist_ok=True)
         mp = self.root/"meta.json"
-        if not mp.exists(): _atomic_write(mp, json.dumps(meta, indent=1, default=str).encode())
+        if not mp.exists():
+            with atomic_write(mp) as tmp: tmp.write_text(json.dumps(meta, indent=1, default=str))
 
     def path(self, k:int)->Path: return self.root/f"shard-{k:06d}.parquet"
 
     def load(self, k:int, rows:np.ndarray)->dict|None:
-        "The finished shard `k`, or None when it is missing or unreadable (e.g. cut short by a crash)."
+        "The finished shard `k`, or None when it is missing, unreadable (cut short by a crash) or fails its checksum."
         p = self.path(k)
         if not p.exists(): return None
         try: t = pq.read_table(p)
         except Exception: return None
-        if t.num_rows != len(rows) or not np.array_equal(t["row"].to_numpy(), rows): return None
-        d = {c: t[c].to_numpy() for c in ("cond_sum", "uncond_sum", "n_cond", "n_uncond")}
+        want = (t.schema.metadata or {}).get(b"smallsel_checksum", b"").decode()
+        if t.num_rows != len(rows) or not np.array_equal(t["row"].to_numpy(), rows) or want != shard_checksum(t):
+            warnings.warn(f"{p}: the cached shard does not match its checksum or its rows (changed on disk?); computing it again")
+            return None
+        d = {c: t[c].to_numpy() for c in _SUMS}
         d["token_losses"] = [None if x is None else np.asarray(x, np.float32) for x in t["token_losses"].to_pylist()] if "token_losses" in t.column_names else [None] * len(rows)
         return d
 
     def save(self, k:int, rows:np.ndarray, d:dict, per_token:bool):
-        "Write shard `k` atomically."
-        cols = {"row": rows, **{c: d[c] for c in ("cond_sum", "uncond_sum", "n_cond", "n_uncond")}}
+        "Write shard `k` atomically, with its checksum; release the claim on it."
+        cols = {"row": rows, **{c: d[c] for c in _SUMS}}
         if per_token: cols["token_losses"] = pa.array([None if x is None else x.astype(np.float32) for x in d["token_losses"]], pa.list_(pa.float32()))
-        tmp = self.path(k).with_suffix(f".tmp{os.getpid()}")
-        pq.write_table(pa.table(cols), tmp); os.replace(tmp, self.path(k))
+        t = pa.table(cols)
+        t = t.replace_schema_metadata({"smallsel_checksum": shard_checksum(t)})
+        with atomic_write(self.path(k)) as tmp: pq.write_table(t, tmp)
+        self.release(k)
 
     def finished(self)->list[int]: return sorted(int(p.stem.split("-")[1]) for p in self.root.glob("shard-*.parquet"))
 
-def _atomic_write(path:Path, data:bytes):
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_bytes(data); os.replace(tmp, path)
+# %% ../nbs/03_scoring.ipynb #3aae8c27
+@patch
+def _claim_path(self:ShardStore, k:int)->Path: return self.root/f"shard-{k:06d}.claim"
+
+@patch
+def _stale(self:ShardStore, k:int)->bool:
+    "True when the claim on shard `k` is gone or its owner is: a dead process on this machine, or too old elsewhere."
+    f = self._claim_path(k)
+    try: host, pid = f.read_text().split(":"); age = time.time() - f.stat().st_mtime
+    except (OSError, ValueError): return not f.exists()
+    if host != socket.gethostname(): return age > self.stale_s
+    try: os.kill(int(pid), 0); return False
+    except ProcessLookupError: return True
+    except (PermissionError, ValueError): return age > self.stale_s
+
+@patch
+def claim(self:ShardStore, k:int)->bool:
+    "Claim shard `k` for this process (False when another live process holds it)."
+    f, me = self._claim_path(k), f"{socket.gethostname()}:{os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            with os.fdopen(fd, "w") as fh: fh.write(me)
+            return True
+        except FileExistsError:
+            try:
+                if f.read_text() == me: return True  # ours already (left by an interrupted run in this process)
+            except OSError: pass
+            if not self._stale(k): return False
+            f.unlink(missing_ok=True)  # a dead owner's claim: take it over
+    return False
+
+@patch
+def release(self:ShardStore, k:int):
+    "Drop this process's claim on shard `k`."
+    f = self._claim_path(k)
+    try:
+        if f.read_text() == f"{socket.gethostname()}:{os.getpid()}": f.unlink()
+    except OSError: pass
+
+@patch
+def take(self:ShardStore, todo:list[int], # shard numbers this process should end up with
+        ):
+    "Yield the shards of `todo`: finished or claimed ones first; shards another process holds later, once they are done or abandoned."
+    later, mine = [], None
+    try:
+        for k in todo:
+            if not (self.path(k).exists() or self.claim(k)): later.append(k); continue
+            mine = k; yield k; self.release(k)  # the caller is done with it (`save` released it already)
+        for k in later:
+            while not self.path(k).exists() and not self.claim(k): time.sleep(self.poll_s)
+            mine = k; yield k; self.release(k)  # finished by the other process (read from the cache), or abandoned and now ours
+    finally:
+        if mine is not None: self.release(mine)
 
 # %% ../nbs/03_scoring.ipynb #22b83135
 def scoring_dtype(dtype:str="auto", # auto, float32, bfloat16
@@ -465,7 +537,7 @@ def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
     n_cached = 0
     bar = progress(total=sum(len(plan[k]) for k in todo), desc=desc, unit="rows")
     scorer = None
-    for k in todo:
+    for k in (store.take(todo) if store is not None else todo):  # claims: another process scoring into this cache takes other shards
         rows = plan[k]
         d = store.load(k, rows) if store is not None else None  # a finished shard is read once, here
         if d is None:
@@ -505,6 +577,22 @@ def model_max_length(model)->int|None:
     return getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
 
 # %% ../nbs/03_scoring.ipynb #f1378f2f
+ERRORS = ("fail", "skip", "report")
+
+def bad_rows(ds:Dataset, # canonical rows, maybe with an `error` column (`load_rows(errors="report")`, `smallsel convert`)
+             errors:str="fail", # fail: raise naming the rows; skip: leave them out; report: keep them (scored NaN, reason in `score_error`)
+             source:str|None=None, # name for messages
+             verbose:bool=True, # print how many rows were skipped
+            )->Dataset:
+    "Apply the bad-row policy: a bad row is never scored (never a 0), and with `fail` the run stops naming it."
+    if "error" not in ds.column_names: return ds
+    err = arrow_table(ds)["error"]
+    bad = np.flatnonzero(err.is_valid().to_numpy(zero_copy_only=False))
+    if not len(bad) or errors == "report": return ds
+    if errors == "fail": raise row_error(f"{err[int(bad[0])].as_py()} (--errors skip leaves bad rows out, --errors report keeps them unscored with the reason)", bad, source)
+    if verbose: print(f"skipped {len(bad):,} bad row{'s' if len(bad) > 1 else ''} (--errors skip)")
+    return ds.select(np.flatnonzero(err.is_null().to_numpy(zero_copy_only=False)))
+
 @dataclass
 class ScoringJob:
     "Everything needed to run (part of) a scoring pass: rows, tokenized view, model, cache store, settings."
@@ -534,11 +622,17 @@ def prepare_scoring(data, # rows: anything `data.load_rows` reads, or a `Dataset
           verbose:bool=True, # print the tokenization summary
           identity:str|None=None, # the model's `models.model_identity` when known (skips hashing the weights again)
           columns:dict|str|None=None, # your column names: {"instruction": "question", "output": "answer"} (or "instruction=question,...")
+          errors:str|None=None, # bad rows: fail (name them), skip (leave them out), report (keep them, unscored); None: report for a Dataset loaded with errors="report", else fail
          )->ScoringJob:
     "Load rows and model, tokenize, and key the cache: a job ready to `run`."
     from smallsel_nb.data import load_rows, tokenize_for_scoring
+    if batch_tokens is not None and batch_tokens < 1: raise SmallselError(f"--batch-tokens {batch_tokens} must be >= 1 (padded tokens per forward)")
+    if max_length is not None and max_length < 1: raise SmallselError(f"--max-length {max_length} must be >= 1")
+    if errors is not None and errors not in ERRORS: raise SmallselError(f"--errors {errors!r}: choose one of {', '.join(ERRORS)}")
     canonical = columns is None and isinstance(data, Dataset) and {"id", "instruction", "input", "output"} <= set(data.column_names)
-    ds = data if canonical else load_rows(data, schema=parse_columns(columns) or "auto")
+    errors = errors or ("report" if canonical else "fail")  # a Dataset with an `error` column: the caller chose to report
+    ds = data if canonical else load_rows(data, schema=parse_columns(columns) or "auto", errors="report")
+    ds = bad_rows(ds, errors, str(data) if isinstance(data, (str, Path)) else None, verbose)
     if len(ds) == 0: raise SmallselError("no rows to score")
     m, tokenizer, name = _resolve_model(model, dtype, device)
     limit = model_max_length(m)
@@ -549,7 +643,7 @@ def prepare_scoring(data, # rows: anything `data.load_rows` reads, or a `Dataset
     tok = tokenize_for_scoring(ds, tokenizer, template=template, max_length=max_length, system=system, verbose=verbose)
     key = dict(data=table_fingerprint(ds, ["id", "instruction", "input", "output"]), model=identity or _identity(m, name),
                template=template, system=system, max_length=max_length, per_token=per_token,
-               dtype=str(next(m.parameters()).dtype), shard_rows=shard_rows, version=1)
+               dtype=str(next(m.parameters()).dtype), shard_rows=shard_rows, version=2)  # 2: shards carry a checksum
     store = None if cache_dir is False else ShardStore(Path(cache_dir or cache_root()/"scores")/fingerprint(key), key)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return ScoringJob(ds, tok, m, tokenizer, store, key, pad, batch_tokens, per_token, shard_rows, prefix_cache)
@@ -635,7 +729,7 @@ def error_summary(errors:list, # `score_error` column
     c = Counter(e for e in errors if e is not None)
     return "\n".join(f"  {n:>8,}  {reason}" for reason, n in c.most_common())
 
-def cli_score(data:str, # rows to score: .jsonl/.json/.parquet/.csv file, dataset folder or hub data set name
+def cli_score(data:str, # rows to score: .jsonl/.json/.parquet/.csv file, dataset folder or hf://hub-data-set
               model:Param("model: offline alias (smollm2-135m, gemma3-270m), preset (tiny, small, ...), local folder or hub id", str, required=True)=None,
               out:Param("output file, .parquet or .jsonl", str, required=True)=None,
               template:Param("prompt template", str, choices=["alpaca", "chat", "none"])="alpaca",
@@ -647,16 +741,20 @@ def cli_score(data:str, # rows to score: .jsonl/.json/.parquet/.csv file, datase
               system:str=None, # system prompt for the chat template (default: none)
               per_token:bool=False, # also write per-token conditional losses
               columns:str=None, # your column names: instruction=question,output=answer[,input=context]
+              local_only:bool=False, # never reach the model hub: a hub id loads only from the local HF cache
+              errors:Param("rows that cannot be read or converted: fail (name them), skip (leave them out), report (keep them unscored, reason in score_error)", str, choices=["fail", "skip", "report"])="fail",
              ):
     "Score every row with a causal LM and write the rows with their scores."
     from smallsel_nb.data import save_rows
-    if not str(out).endswith((".parquet", ".jsonl")): raise SmallselError(f"--out must end in .parquet or .jsonl, not {out!r}")
+    from smallsel_nb.models import local_model
+    if local_only: model = local_model(model)  # a cached hub id becomes its snapshot folder: no network access
+    check_output(out, (".parquet", ".jsonl"))  # before any work: a bad output path fails at once
     t0 = time.time()
     if columns:
         from smallsel_nb.data import load_rows
         data = load_rows(data, schema=parse_columns(columns))
     kw = dict(template=template, max_length=max_length, batch_tokens=batch_tokens, device=device, dtype=dtype,
-              cache_dir=cache_dir, per_token=per_token, system=system)
+              cache_dir=cache_dir, per_token=per_token, system=system, errors=errors)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun / accelerate launch: one share per rank
         from smallsel_nb.distributed import score_distributed
         res = score_distributed(data, model, out=out, **kw)

