@@ -30,7 +30,7 @@ def test_grid_and_accounting(bench):
     assert np.allclose(r.runs.train_flops, 6 * matmul_params(m) * r.runs.tokens)
     assert r.runs.exact_match.notna().all() and r.runs.eval_loss.notna().all()
     t = r.table()
-    assert list(t.columns) == ["arm", "rows", "seeds", "eval loss", "exact match", "FLOPs (train + select)", "compute vs full", "wall s (train + select)"]
+    assert list(t.columns) == ["arm", "rows", "seeds", "eval loss", "exact match", "defect rate", "FLOPs (train + select)", "compute vs full", "wall s (train + select)"]
     assert " ± " in t["eval loss"].iloc[0] and t["compute vs full"].iloc[0] == "100%"
 
 def test_empty_selection_is_refused(bench):

@@ -48,9 +48,9 @@ def test_finetune_backend_trl_without_trl_names_the_extra(tmp_path, capsys):
     assert e.value.code == 2 and 'pip install "smallsel_nb[trl]"' in err and "Traceback" not in err
     assert not (tmp_path/"o").exists()
 
-@pytest.mark.parametrize("args, msg", [(["--lr", "nan"], "lr=nan"), (["--lr", "-1"], "lr=-1"),
+@pytest.mark.parametrize("args, msg", [(["--lr", "nan"], "--lr nan"), (["--lr", "-1"], "--lr -1"),
                                        (["--backend", "builtin", "--lora", "4"], "needs the trl backend"),
-                                       (["--backend", "trl", "--epochs", "0"], "epochs=0"),
+                                       (["--backend", "trl", "--epochs", "0"], "--epochs 0"),
                                        (["--lora", "4", "--lora-targets", "q_proj"], "'q_proj' is not in GPT2LMHeadModel; its linear modules: c_attn, c_fc, c_proj")])
 def test_finetune_bad_settings(tmp_path, capsys, args, msg):
     save_rows(make_noisy_instructions(8, seed=0), tmp_path/"t.jsonl")
