@@ -533,15 +533,17 @@ def plot_map(m:pd.DataFrame, # from `selection_map`
     return fig
 
 # %% ../nbs/06_compare.ipynb #aa9bbf91
-_CONFIG_KEYS = {"pool", "eval", "reference", "selections", "budgets", "seeds", "model", "train", "template", "max_length", "out", "threads"}
+_CONFIG_KEYS = {"pool", "eval", "reference", "selections", "budgets", "seeds", "model", "train", "template", "max_length", "out", "threads",
+                "frame", "temperature"}
 
 def _rows_from(spec, what:str, cfg_path:Path, seed_default:int=0):
-    from smallsel_nb.synth import make_noisy_instructions, make_eval_split
+    from smallsel_nb.synth import make_noisy_instructions, make_noisy_instructions_v2, make_eval_split, V2_FAMILIES
     from smallsel_nb.data import load_rows
     if isinstance(spec, dict) and "synth" in spec:
         kw = dict(spec["synth"] or {})
-        if what == "pool": return make_noisy_instructions(kw.pop("n", 10000), **kw)
-        return make_eval_split(kw.pop("n", 500), **kw)
+        v2 = kw.pop("benchmark", "v1") == "v2"   # {synth: {benchmark: v2, n: ..., noise: ...}}
+        if what == "pool": return (make_noisy_instructions_v2 if v2 else make_noisy_instructions)(kw.pop("n", 10000), **kw)
+        return make_eval_split(kw.pop("n", 500), **({"families": V2_FAMILIES} if v2 else {}), **kw)
     if isinstance(spec, str):
         p = Path(spec) if Path(spec).is_absolute() else cfg_path.parent/spec
         return load_rows(str(p))
@@ -553,11 +555,13 @@ def _selection_spec(name:str, spec, cfg_path:Path):
     if isinstance(spec, dict) and "recipe" in spec:
         if spec["recipe"] not in RECIPES: raise SmallselError(f"{cfg_path}: selection {name!r}: unknown recipe {spec['recipe']!r}; recipes: {', '.join(RECIPES)}")
         return lambda b, spec=spec: RECIPES[spec["recipe"]](keep=b, by=spec.get("by"))
+    if isinstance(spec, dict) and "demo" in spec:   # {demo: v2}: the demo's selection rule for that benchmark
+        return lambda b, spec=spec: demo_selection(b, spec["demo"], spec.get("by", "cond_loss"))
     if isinstance(spec, dict) and "strategy" in spec:
         kw = {k: v for k, v in spec.items() if k != "strategy"}
         strategy_pipeline(spec["strategy"], keep=0.5, **kw)  # check the settings now, not after hours of training
         return lambda b, spec=spec, kw=kw: strategy_pipeline(spec["strategy"], keep=b, **kw)
-    raise SmallselError(f"{cfg_path}: selection {name!r} must be a recipe name, {{recipe: ...}} or {{strategy: ..., by: ...}}")
+    raise SmallselError(f"{cfg_path}: selection {name!r} must be a recipe name, {{recipe: ...}}, {{demo: v2}} or {{strategy: ..., by: ...}}")
 
 def cli_compare(config:str, # YAML file describing the grid (see the notebook for every key)
                )->CompareResult:
@@ -590,7 +594,7 @@ def cli_compare(config:str, # YAML file describing the grid (see the notebook fo
         cost = cost + scost
         print(f"scored {len(pool):,} rows with {name}: {scost.flops:.3g} FLOPs, {scost.seconds:.0f} s")
     res = compare(pool, ev, sels, budgets=cfg.get("budgets", [0.3]), seeds=cfg.get("seeds", 3), model=cfg.get("model", "small"),
-                  cost=cost, **tk, **(cfg.get("train") or {}))
+                  cost=cost, frame=cfg.get("frame"), temperature=cfg.get("temperature"), **tk, **(cfg.get("train") or {}))
     if out is not None: res.save(out)
     print("\n" + res.summary())
     return res

@@ -122,3 +122,27 @@ def test_demo_plumbing(tmp_path):
     assert list(r.stats().arm) == ["full", "random@0.3", "selected@0.3"]
     assert {p.name for p in tmp_path.iterdir()} == {"curves.png", "results.json", "table.md"}
     assert len(r.verdict()) == 1
+
+def test_yaml_grid_on_benchmark_v2_with_generation_metrics(tmp_path):
+    "A YAML grid on a v2 pool, the demo's v2 selection rule, and the defect rates of greedy and sampled generations."
+    cfg = tmp_path/"grid.yaml"
+    cfg.write_text("""
+pool: {synth: {benchmark: v2, n: 200, noise: 0.6, seed: 1}}
+eval: {synth: {benchmark: v2, n: 20, seed: 1}}
+reference: {model: tiny, fraction: 1.0, train: {max_steps: 2, batch_size: 32}}
+selections: {selected: {demo: v2}}
+budgets: [0.3]
+seeds: 1
+model: tiny
+train: {max_steps: 2, batch_size: 16, eval_every: 0}
+template: none
+max_length: 128
+frame: "Answer:"
+temperature: 1.0
+""")
+    r = cli_compare(str(cfg))
+    s = r.stats().set_index("arm")
+    assert list(s.index) == ["full", "random@0.3", "selected@0.3"]
+    for k in ("defect_rate", "wrong_rate", "defect_off_format", "sampled_defect_rate", "sampled_exact_match"): assert s[k].notna().all(), k
+    assert np.allclose(s.exact_match + s.wrong_rate + s.defect_rate, 1.0)
+    assert "defect rate" in r.table().columns and "defect rate" in r.verdict()[0]
