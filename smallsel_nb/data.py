@@ -275,15 +275,16 @@ def _chat(column:str, role_key:str, text_key:str)->Callable:
         for chunk in col.chunks:
             for start in range(0, len(chunk), 10_000):
                 for conv in chunk.slice(start, 10_000).to_pylist():
-                    try: system, pairs = chat_pairs(conv, turns, role_key, text_key)
+                    try: system, pairs = chat_pairs(conv, "all" if turns == "last" else turns, role_key, text_key)
                     except ValueError as e: system, pairs, errors[len(src)] = "", [("", "", "")], str(e)
-                    for t, (ins, inp, outp) in enumerate(pairs):
+                    first = len(pairs) - 1 if turns == "last" else 0  # "last": the closing exchange, numbered as in "all"
+                    for t, (ins, inp, outp) in enumerate(pairs[first:], first):
                         for k, v in zip(out, (ins, inp, outp, system)): out[k].append(v)
                         src.append(row); turn.append(t)
                     row += 1
         fields = {k: pa.array(v, pa.string()) for k, v in out.items()}
         return Converted(fields, [column], {}, np.array(src, dtype=np.int64),
-                         np.array(turn, dtype=np.int64) if turns == "all" else None, errors)
+                         np.array(turn, dtype=np.int64) if turns != "first" else None, errors)
     return convert
 
 # %% ../nbs/01_data.ipynb #3b718e95
@@ -415,15 +416,16 @@ def _problems(raw:RawTable, s:Schema, conv:Converted, src:np.ndarray, ids_probs:
 
 def canonical_table(source, # anything `read_source` accepts, or a `RawTable`
                     schema:str|dict="auto", # a name in `SCHEMAS`, "auto" to detect it from the columns, or a column mapping
-                    turns:str="first", # chat data: "first" exchange per conversation or "all" exchanges
+                    turns:str="first", # chat data: "first", "last" exchange per conversation or "all" exchanges
                     errors:str="raise", # "raise" on the first bad row, or "report" in an `error` column
                     id_column:str|None="id", # source column holding row ids (None: always generate `row-<i>`)
                     split:str="train", # split of a DatasetDict / hub data set
                     name:str|None=None, # source name for messages
                     check_ids:bool=True, # check that ids are unique
+                    keep_conversation:bool=False, # chat data: keep the conversation column (repeated per exchange)
                    )->pa.Table:
     "Read `source` and return the canonical Arrow table (see `load_rows`)."
-    if turns not in ("first", "all"): raise SmallselError(f"turns={turns!r}: use 'first' or 'all'")
+    if turns not in ("first", "last", "all"): raise SmallselError(f"turns={turns!r}: use 'first', 'last' or 'all'")
     if errors not in ("raise", "report"): raise SmallselError(f"errors={errors!r}: use 'raise' or 'report'")
     raw = read_source(source, split=split, name=name)
     tbl, name = raw.table, raw.name
@@ -446,14 +448,16 @@ def canonical_table(source, # anything `read_source` accepts, or a `RawTable`
     if probs and errors == "raise":
         p = min(probs, key=lambda p: int(src[p.mask].min()))
         raise row_error(p.reason, np.unique(src[p.mask]).tolist(), name)
-    return _assemble(tbl, conv, ids, src, id_column, probs if errors == "report" else None)
+    return _assemble(tbl, conv, ids, src, id_column, probs if errors == "report" else None, keep_conversation)
 
-def _assemble(tbl:pa.Table, conv:Converted, ids:pa.Array, src:np.ndarray, id_column:str|None, probs:list|None)->pa.Table:
+def _assemble(tbl:pa.Table, conv:Converted, ids:pa.Array, src:np.ndarray, id_column:str|None, probs:list|None,
+              keep_conversation:bool=False)->pa.Table:
     "Canonical columns, then the source's extra columns, then (when `probs` is given) the `error` column."
     cols = {"id": ids, **{f: _as_text(conv.fields[f]) for f in ("instruction", "input", "output")}}
     if "system" in conv.fields: cols["system"] = _as_text(conv.fields["system"])
     if conv.turn is not None: cols["turn"] = pa.array(conv.turn, pa.int32())
-    used = set(conv.consumed) | ({id_column} if id_column == "id" else set())
+    chat = conv.src_rows is not None  # a conversation column, not renamed fields
+    used = (set() if keep_conversation and chat else set(conv.consumed)) | ({id_column} if id_column == "id" else set())
     ours = set(cols) | ({"error"} if probs is not None else set())
     take = None if conv.src_rows is None else pa.array(src)
     for c in tbl.column_names:
@@ -471,14 +475,15 @@ def _assemble(tbl:pa.Table, conv:Converted, ids:pa.Array, src:np.ndarray, id_col
 # %% ../nbs/01_data.ipynb #2fa0e881
 def load_rows(source, # path (.jsonl/.json/.parquet/.csv or a folder), Dataset/DatasetDict, list of dicts, DataFrame, or hub name
               schema:str|dict="auto", # one of `SCHEMAS` (alpaca, dolly, sharegpt, messages, prompt_response, text), "auto", or a column mapping {"instruction": "question", "output": "answer"}
-              turns:str="first", # chat data: "first" = opening exchange per conversation, "all" = one row per exchange
+              turns:str="first", # chat data: "first" = opening exchange per conversation, "last" = closing one, "all" = one row per exchange
               errors:str="raise", # "raise" a `SmallselError` on bad rows, or "report" them in an `error` column
               split:str="train", # split of a DatasetDict or hub data set
               id_column:str|None="id", # source column with row ids; without it ids are `row-<i>` in source order
               name:str|None=None, # name of the source in error messages (default: the path)
+              keep_conversation:bool=False, # chat data: keep the `messages`/`conversations` column next to the canonical ones
              )->Dataset: # canonical rows: id, instruction, input, output, then the source's extra columns
     "Load instruction data of any supported shape into the canonical columns."
-    return Dataset(canonical_table(source, schema, turns, errors, id_column, split, name))
+    return Dataset(canonical_table(source, schema, turns, errors, id_column, split, name, keep_conversation=keep_conversation))
 
 # %% ../nbs/01_data.ipynb #1b6560b8
 def save_rows(ds:Dataset, # rows to save (any columns)
@@ -798,7 +803,7 @@ def load_sharegpt(turns:str="first", # "first": opening exchange per conversatio
     if verbose:
         why = ", ".join(f"{k}: {v}" for k, v in skipped.most_common(4))
         print(f"load_sharegpt: {summary['rows']} rows (turns={turns!r}) from {read} conversations read; "
-              f"skipped {summary['skipped']} {'conversations' if turns == 'first' else 'rows'} without a usable "
+              f"skipped {summary['skipped']} {'rows' if turns == 'all' else 'conversations'} without a usable "
               f"human→gpt exchange" + (f" ({why})" if why else "")
               + (f"; the file is cut off, the last {stats['tail_chars']:,} characters were not parsed" if stats.get("tail_chars") else ""))
     ds = Dataset(tbl)
@@ -808,7 +813,7 @@ def load_sharegpt(turns:str="first", # "first": opening exchange per conversatio
 def cli_convert(source:str, # data file (.jsonl/.json/.parquet/.csv), folder, or hub data set as hf://org/name
                 out:str|None=None, # write the canonical rows to this .parquet/.jsonl/.csv file
                 schema:str="auto", # schema: auto, alpaca, dolly, sharegpt, messages, prompt_response or text
-                turns:str="first", # chat data: first (opening exchange) or all (one row per exchange)
+                turns:str="first", # chat data: first (opening exchange), last (closing one) or all (one row per exchange)
                 errors:str="report", # report: keep bad rows with an `error` column; raise: stop at the first bad row
                 split:str="train", # split of a saved DatasetDict or hub data set
                 id_column:str="id", # source column with row ids

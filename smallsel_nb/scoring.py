@@ -623,6 +623,7 @@ def prepare_scoring(data, # rows: anything `data.load_rows` reads, or a `Dataset
           identity:str|None=None, # the model's `models.model_identity` when known (skips hashing the weights again)
           columns:dict|str|None=None, # your column names: {"instruction": "question", "output": "answer"} (or "instruction=question,...")
           errors:str|None=None, # bad rows: fail (name them), skip (leave them out), report (keep them, unscored); None: report for a Dataset loaded with errors="report", else fail
+          turns:str="first", # chat data (`messages`/`conversations`): score the first, last or all assistant turns (a `turn` column numbers them)
          )->ScoringJob:
     "Load rows and model, tokenize, and key the cache: a job ready to `run`."
     from smallsel_nb.data import load_rows, tokenize_for_scoring
@@ -631,7 +632,7 @@ def prepare_scoring(data, # rows: anything `data.load_rows` reads, or a `Dataset
     if errors is not None and errors not in ERRORS: raise SmallselError(f"--errors {errors!r}: choose one of {', '.join(ERRORS)}")
     canonical = columns is None and isinstance(data, Dataset) and {"id", "instruction", "input", "output"} <= set(data.column_names)
     errors = errors or ("report" if canonical else "fail")  # a Dataset with an `error` column: the caller chose to report
-    ds = data if canonical else load_rows(data, schema=parse_columns(columns) or "auto", errors="report")
+    ds = data if canonical else load_rows(data, schema=parse_columns(columns) or "auto", errors="report", turns=turns, keep_conversation=True)
     ds = bad_rows(ds, errors, str(data) if isinstance(data, (str, Path)) else None, verbose)
     if len(ds) == 0: raise SmallselError("no rows to score")
     m, tokenizer, name = _resolve_model(model, dtype, device)
@@ -741,6 +742,7 @@ def cli_score(data:str, # rows to score: .jsonl/.json/.parquet/.csv file, datase
               system:str=None, # system prompt for the chat template (default: none)
               per_token:bool=False, # also write per-token conditional losses
               columns:str=None, # your column names: instruction=question,output=answer[,input=context]
+              turns:Param("chat data: score the first, last or all assistant turns (a `turn` column numbers them)", str, choices=["first", "last", "all"])="first",
               local_only:bool=False, # never reach the model hub: a hub id loads only from the local HF cache
               errors:Param("rows that cannot be read or converted: fail (name them), skip (leave them out), report (keep them unscored, reason in score_error)", str, choices=["fail", "skip", "report"])="fail",
              ):
@@ -750,9 +752,9 @@ def cli_score(data:str, # rows to score: .jsonl/.json/.parquet/.csv file, datase
     if local_only: model = local_model(model)  # a cached hub id becomes its snapshot folder: no network access
     check_output(out, (".parquet", ".jsonl"))  # before any work: a bad output path fails at once
     t0 = time.time()
-    if columns:
+    if columns or turns != "first":  # read here so that distributed scoring gets the same rows
         from smallsel_nb.data import load_rows
-        data = load_rows(data, schema=parse_columns(columns))
+        data = load_rows(data, schema=parse_columns(columns) or "auto", errors="report", turns=turns, keep_conversation=True)
     kw = dict(template=template, max_length=max_length, batch_tokens=batch_tokens, device=device, dtype=dtype,
               cache_dir=cache_dir, per_token=per_token, system=system, errors=errors)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun / accelerate launch: one share per rank
