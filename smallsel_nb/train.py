@@ -396,8 +396,12 @@ class _Dist:
         "Sum of a tensor over processes (the step loss, for the log)."
         if self.world > 1: torch.distributed.all_reduce(x)
         return x
-    def barrier(self):
-        if self.world > 1: torch.distributed.barrier()
+    def from_main(self, obj):
+        "The main process's `obj` on every process (one broadcast; `obj` itself in one process)."
+        if self.world == 1: return obj
+        box = [obj if self.main else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
 
 def _autocast(dev:torch.device, precision:str):
     "bf16 autocast on a GPU with native bf16 (or when asked), else nothing (fp32)."
@@ -481,7 +485,8 @@ def train_lm(model, # causal LM (`make_lm`, `load_lm`); trained in place
     dist = _Dist(device); dev = dist.device
     model.to(dev); master_fp32(model)                                          # weights and AdamW state in fp32
     rows = token_rows(train, tokenizer, template, max_length, source="train")
-    ev = eval if isinstance(eval, Evaluator) or eval is None else Evaluator.make(eval, tokenizer, template, max_length)
+    evaluates = eval is not None  # with several processes only the main one evaluates and generates; the others receive its results
+    ev = None if not (evaluates and dist.main) else eval if isinstance(eval, Evaluator) else Evaluator.make(eval, tokenizer, template, max_length)
     steps = schedule(len(rows), batch_size, grad_accum, epochs, max_steps, seed, rows.ids.lengths, group_by_length)
     total, pad, n_params = len(steps), _pad_id(tokenizer), matmul_params(model)
     step_rows = [np.concatenate(st) for st in steps]
@@ -509,6 +514,7 @@ def train_lm(model, # causal LM (`make_lm`, `load_lm`); trained in place
     def record(step, final=False):
         te = time.time()
         res = ev(model, tokenizer, exact=final or exact_every) if ev is not None else {}
+        res = dist.from_main(res) if evaluates else res   # one broadcast per evaluation, none per step
         model.train(); run["eval_s"] += time.time() - te
         history.append(dict(step=step, epoch=round(cum_rows[step] / len(rows), 4), tokens=int(cum_tokens[step]),
                             flops=train_flops(n_params, int(cum_tokens[step])), lr=lr_at(max(step - 1, 0), total, lr, warm, min_lr),
@@ -520,7 +526,7 @@ def train_lm(model, # causal LM (`make_lm`, `load_lm`); trained in place
     model.train()
     loss_fn = dist.wrap(ResponseLoss(model))  # one process: the loss itself; several: DistributedDataParallel around it
     if ck is not None and ck.get("done"): start = total
-    elif start == 0 and eval_start and ev is not None: record(0)
+    elif start == 0 and eval_start and evaluates: record(0)
     # --- the training loop ---
     bar = progress(total=total, initial=start, desc=desc, unit="step", **({} if dist.main else {"disable": True}))
     for step in range(start, total):
@@ -551,7 +557,7 @@ def train_lm(model, # causal LM (`make_lm`, `load_lm`); trained in place
         if checkpoint_dir and dist.main and (done or (step + 1) % ckpt_every == 0):
             save_checkpoint(checkpoint_dir, model, opt, step + 1, key, history, run, done=done)
     bar.close()
-    dist.barrier()  # the main process has written its last checkpoint before any process returns
+    notes = dist.from_main([ev.note] if ev is not None and ev.note else [])  # also a barrier: the main process has written its last checkpoint
     model.eval()
     return TrainResult(history, total, len(rows), int(cum_tokens[-1]), train_flops(n_params, int(cum_tokens[-1])), n_params,
-                       round(time.time() - t0, 2), round(run["eval_s"], 2), start, [ev.note] if ev is not None and ev.note else [])
+                       round(time.time() - t0, 2), round(run["eval_s"], 2), start, notes)

@@ -123,20 +123,27 @@ def test_cli_finetune(tmp_path, capsys):
     assert "exact match" in capsys.readouterr().out and r.final["exact_match"] is not None
 
 DDP = """
-import os, sys, torch
+import json, os, sys, torch
 torch.set_num_threads(1)
+import smallsel_nb.train as T
 from smallsel_nb.models import make_lm
-from smallsel_nb.synth import make_noisy_instructions
+from smallsel_nb.synth import make_noisy_instructions, make_eval_split
 from smallsel_nb.train import train_lm
+calls, real = [0], T.eval_loss
+def counted(*a, **k): calls[0] += 1; return real(*a, **k)
+T.eval_loss = counted  # counts the evaluations this process runs
 m, t = make_lm("tiny", seed=0)
-r = train_lm(m, t, make_noisy_instructions(64, seed=0), max_steps=3, batch_size=int(sys.argv[2]), grad_accum=2, template="none", device="cpu")
-if int(os.environ.get("RANK", "0")) == 0: torch.save(m.state_dict(), sys.argv[1])
+r = train_lm(m, t, make_noisy_instructions(64, seed=0), make_eval_split(6, seed=0), max_steps=3, batch_size=int(sys.argv[2]),
+             grad_accum=2, template="none", device="cpu", eval_every=1, max_length=48)
+rank = int(os.environ.get("RANK", "0"))
+if rank == 0: torch.save(m.state_dict(), sys.argv[1])
+open(f"{sys.argv[1]}.{rank}.json", "w").write(json.dumps(dict(evals=calls[0], eval_loss=[h["eval_loss"] for h in r.history])))
 """
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 @pytest.mark.parametrize("bs", [8, 1])
 def test_two_processes_match_one(tmp_path, bs):
-    "DistributedDataParallel (2 CPU processes, gloo): each reads half of every micro-batch (bs=1: one process has no row, weight 0), gradients are summed: same weights as 1 process."
+    "DistributedDataParallel (2 CPU processes, gloo): each reads half of every micro-batch (bs=1: one process has no row, weight 0), gradients are summed: same weights as 1 process; only rank 0 evaluates, rank 1 gets its results."
     (tmp_path/"ddp.py").write_text(DDP)
     env = {**os.environ, "SMALLSEL_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(tmp_path/"ddp.py"), str(tmp_path/"two.pt"), str(bs)],
@@ -144,6 +151,10 @@ def test_two_processes_match_one(tmp_path, bs):
     subprocess.run([sys.executable, str(tmp_path/"ddp.py"), str(tmp_path/"one.pt"), str(bs)], env=env, check=True, capture_output=True, timeout=300)
     one, two = torch.load(tmp_path/"one.pt"), torch.load(tmp_path/"two.pt")
     for k in one: torch.testing.assert_close(one[k], two[k], rtol=1e-4, atol=1e-4)
+    alone, main, other = (json.loads((tmp_path/f).read_text()) for f in ("one.pt.0.json", "two.pt.0.json", "two.pt.1.json"))
+    assert alone["evals"] == main["evals"] == 4 and other["evals"] == 0, "only rank 0 evaluates (at steps 0-3)"
+    assert other["eval_loss"] == main["eval_loss"] and len(main["eval_loss"]) == 4  # rank 1's history is rank 0's results
+    np.testing.assert_allclose(main["eval_loss"], alone["eval_loss"], rtol=1e-4)
 
 def test_bf16_model_trains_fp32_master_weights():
     "A bf16 model is trained in fp32: parameters stay fp32 and a 1e-6 update of a weight equal to 1.0 is kept."
