@@ -161,7 +161,7 @@ class CompareResult:
 
     def verdict(self, max_compute:float=0.4, # the compute share a selection may use
                )->list[str]:
-        "For each charged arm: did it beat full and the same-size random subset on eval loss, exact match and defect rate (when computed), within the compute share?"
+        "For each charged arm: did it beat full and the same-size random subset on exact match and defect rate (eval loss when no generations were measured), within the compute share?"
         s, out = self.stats().set_index("arm"), []
         for label, g in self.runs.groupby("label", sort=False):
             if not g.charged.iloc[0]: continue
@@ -255,8 +255,9 @@ _RUN_COLUMNS = {"label", "arm", "budget", "seed", "charged", "rows", "tokens", "
 _BETTER = [("eval_loss", "eval loss", -1, False), ("exact_match", "exact match", 1, True), ("defect_rate", "defect rate", -1, True)]
 
 def _beats(r:pd.Series, o:pd.Series)->tuple[bool, str]:
-    "Whether stats row `r` beats `o` on every metric both have (lower loss and defects, higher exact match), and the words for it."
+    "Whether stats row `r` beats `o` on every judged metric (higher exact match, lower defects; eval loss only without a defect rate), and the words for it."
     ok, words = True, []
+    gens = "defect_rate" in r and not (np.isnan(r["defect_rate"]) and np.isnan(o["defect_rate"]))  # generations measured: judge what the model writes
     for m, name, sign, pct in _BETTER:
         if m not in r or (np.isnan(r[m]) and np.isnan(o[m])): continue   # not computed for either: not judged
         better = bool(sign * (r[m] - o[m]) > 0)                          # False when one is NaN
@@ -264,7 +265,8 @@ def _beats(r:pd.Series, o:pd.Series)->tuple[bool, str]:
         f = (lambda v: f"{v:.1%}") if pct else (lambda v: f"{v:.3f}")
         words.append(f"{name} {f(r[m])} vs {f(o[m])} ({'lower' if sign < 0 and better else 'higher' if better else 'not ' + ('lower' if sign < 0 else 'higher')}"
                      + (", 95% intervals apart" if better and sep else "") + ")")
-        ok &= better
+        if m == "eval_loss" and gens: words[-1] += " [reported, not judged: the generations are]"
+        else: ok &= better
     return ok, ", ".join(words)
 
 def _interactive()->bool:
