@@ -18,9 +18,11 @@ from fastcore.script import Param
 from .core import SmallselError, optional, set_seed, matmul_params, forward_flops, train_flops, check_output, atomic_write
 from .data import tokenize_for_scoring
 from .models import make_lm, load_lm, resolve_model
-from .scoring import score, Ragged, arrow_table
+from .scoring import score, arrow_table
+from .lm import Ragged
 from .select import Pipeline, Step, Selection, RECIPES, Random
-from .train import train_lm, TrainResult, Evaluator, process_device
+from .train import train_lm, TrainResult, process_device
+from .evaluate import Evaluator
 from .train_trl import fit
 
 # %% auto #0
@@ -348,9 +350,10 @@ def score_with_reference(pool:Dataset, # the noisy pool
                          max_length:int=512, # longest prompt + response
                         )->tuple: # (scored pool, scoring `Cost`)
     "Score every row with `scoring.score` and account the scoring FLOPs and time."
-    from smallsel_nb.scoring import prepare_scoring, attach_scores, _hf_quiet
+    from smallsel_nb.scoring import prepare_scoring, attach_scores
+    from smallsel_nb.lm import hf_quiet
     t = time.time()
-    with _hf_quiet():  # `score`, keeping the job to count its tokens (no second tokenization)
+    with hf_quiet():  # `score`, keeping the job to count its tokens (no second tokenization)
         job = prepare_scoring(pool, (model, tokenizer), template=template, max_length=max_length, cache_dir=False)
         scored = attach_scores(job, job.run())
     return scored, scoring_cost(model, _view_tokens(job.tok), time.time() - t)

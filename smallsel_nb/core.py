@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #20ad5de7
 from __future__ import annotations
-import contextlib, hashlib, importlib, json, logging, os, random, re, shutil, tempfile, uuid
+import contextlib, dataclasses, hashlib, importlib, json, logging, os, random, re, shutil, tempfile, uuid
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -17,7 +17,8 @@ logger = logging.getLogger("smallsel_nb")
 # %% auto #0
 __all__ = ['logger', 'SmallselError', 'row_error', 'get_device', 'cpu_has_bf16', 'cuda_has_bf16', 'get_dtype', 'tf32_matmul',
            'set_seed', 'fingerprint', 'arrow_table', 'table_fingerprint', 'cache_root', 'progress', 'atomic_write',
-           'check_output', 'path_like', 'hub_offline', 'matmul_params', 'forward_flops', 'train_flops', 'optional']
+           'check_output', 'path_like', 'hub_offline', 'matmul_params', 'forward_flops', 'train_flops', 'settings_with',
+           'optional']
 
 # %% ../nbs/00_core.ipynb #b0e3e95c
 class SmallselError(ValueError):
@@ -206,6 +207,20 @@ def matmul_params(model:torch.nn.Module, # any torch model
 
 def forward_flops(n_params:int, tokens:int)->float: return 2.0 * n_params * tokens
 def train_flops(n_params:int, tokens:int)->float: return 6.0 * n_params * tokens
+
+# %% ../nbs/00_core.ipynb #1dd62474
+def settings_with(cls:type, # the settings dataclass
+                  settings=None, # an instance to start from (default: `cls()`)
+                  overrides:dict|None=None, # settings to change, by field name
+                  what:str="settings", # the caller's name, for the error message
+                 ):
+    "`settings` (or the defaults) with `overrides` applied; an unknown name raises a `SmallselError` naming it."
+    names = {f.name for f in dataclasses.fields(cls)}
+    bad = sorted(set(overrides or {}) - names)
+    if bad: raise SmallselError(f"{what}: unknown setting{'s' if len(bad) > 1 else ''} {', '.join(bad)}; "
+                                f"choose from {', '.join(sorted(names))}")
+    if settings is not None and not isinstance(settings, cls): raise SmallselError(f"{what}: settings must be a {cls.__name__}, not {type(settings).__name__}")
+    return dataclasses.replace(settings, **(overrides or {})) if settings is not None else cls(**(overrides or {}))
 
 # %% ../nbs/00_core.ipynb #c2e25f4d
 def optional(module:str, # the module to import ("matplotlib.pyplot", "ipywidgets", "gguf")

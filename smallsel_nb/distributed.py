@@ -18,14 +18,14 @@ from datasets import Dataset
 
 from fastcore.script import Param
 from .core import SmallselError, cache_root, fingerprint, table_fingerprint, atomic_write, check_output
-from .scoring import (ScoringJob, Ragged, arrow_table, attach_scores, error_summary, plan_shards,
-                                 prepare_scoring, _resolve_model)
+from .scoring import ScoringJob, arrow_table, attach_scores, error_summary, parse_columns, plan_shards, prepare_scoring, score
+from .lm import Ragged, as_lm
 
 # %% auto #0
 __all__ = ['Ranks', 'launch_env', 'init_ranks', 'rank_device', 'rank_shards', 'shard_plan', 'missing_shards', 'key_mismatch',
            'check_same_settings', 'check_shared_folder', 'RankReport', 'run_job', 'score_distributed', 'rank_summary',
            'ChunkSource', 'ParquetRanges', 'chunk_source', 'chunk_rows_canonical', 'part_ok', 'write_part',
-           'concat_parts', 'score_stream', 'cli_score_stream']
+           'concat_parts', 'score_stream', 'cli_score', 'cli_score_stream']
 
 # %% ../nbs/10_distributed.ipynb #00e442c4
 @dataclass
@@ -415,7 +415,7 @@ def score_stream(source, # .parquet / .jsonl file, a folder of them, or a `datas
     ranks = init_ranks(timeout_s)
     try:
         dev = rank_device(device, ranks.local_rank)
-        m, tok, _ = _resolve_model(model, dtype, dev)  # once for all chunks, with the scoring engine's dtype policy
+        m, tok, _ = as_lm(model, dtype, dev)  # once for all chunks, with the scoring engine's dtype policy
         settings = _stream_settings(m, template, max_length, per_token, system, shard_rows, chunk_rows, src)
         check_same_settings(settings, ranks, what="stream")
         parts_dir = Path(cache_dir or cache_root()/"scores")/"parts"
@@ -470,6 +470,45 @@ def _summary(parts, out, reports)->dict:
     return dict(out=str(out), rows=rows, truncated=truncated, errors=dict(errors), chunks=len(parts), ranks=len(reports),
                 chunks_scored=total["chunks_scored"], chunks_reused=total["chunks_reused"],
                 shards_scored=total["shards_scored"], shards_cached=total["shards_cached"])
+
+# %% ../nbs/10_distributed.ipynb #fd87d9ea
+def cli_score(data:str, # rows to score: .jsonl/.json/.parquet/.csv file, dataset folder or hf://hub-data-set
+              model:Param("model: offline alias (smollm2-135m, gemma3-270m), preset (tiny, small, ...), local folder or hub id", str, required=True)=None,
+              out:Param("output file, .parquet or .jsonl", str, required=True)=None,
+              template:Param("prompt template", str, choices=["alpaca", "chat", "none"])="alpaca",
+              max_length:int=None, # longest prompt + response in tokens (default: the model's limit, at most 1024)
+              batch_tokens:int=None, # padded tokens per forward (default: 4096 on CPU, from free memory on GPU)
+              device:str="auto", # device: auto, cpu, cuda, cuda:1, mps, ...
+              dtype:Param("model dtype", str, choices=["auto", "float32", "bfloat16"])="auto",
+              cache_dir:str=None, # shard cache folder (default: $SMALLSEL_CACHE/scores)
+              system:str=None, # system prompt for the chat template (default: none)
+              per_token:bool=False, # also write per-token conditional losses
+              columns:str=None, # your column names: instruction=question,output=answer[,input=context]
+              turns:Param("chat data: score the first, last or all assistant turns (a `turn` column numbers them)", str, choices=["first", "last", "all"])="first",
+              local_only:bool=False, # never reach the model hub: a hub id loads only from the local HF cache
+              errors:Param("rows that cannot be read or converted: fail (name them), skip (leave them out), report (keep them unscored, reason in score_error)", str, choices=["fail", "skip", "report"])="fail",
+             ):
+    "Score every row with a causal LM and write the rows with their scores."
+    from smallsel_nb.data import save_rows
+    from smallsel_nb.models import local_model
+    if local_only: model = local_model(model)  # a cached hub id becomes its snapshot folder: no network access
+    check_output(out, (".parquet", ".jsonl"))  # before any work: a bad output path fails at once
+    t0 = time.time()
+    if columns or turns != "first":  # read here so that distributed scoring gets the same rows
+        from smallsel_nb.data import load_rows
+        data = load_rows(data, schema=parse_columns(columns) or "auto", errors="report", turns=turns, keep_conversation=True)
+    kw = dict(template=template, max_length=max_length, batch_tokens=batch_tokens, device=device, dtype=dtype,
+              cache_dir=cache_dir, per_token=per_token, system=system, errors=errors)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun / accelerate launch: one share per rank
+        res = score_distributed(data, model, out=out, **kw)
+        if res is None: return None  # not rank 0: rank 0 writes the merged file
+    else:
+        res = score(data, model, **kw)
+        save_rows(res, out)
+    errs = res["score_error"]; n_bad = sum(e is not None for e in errs)
+    print(f"scored {len(res):,} rows with {model} in {time.time() - t0:.1f}s -> {out}")
+    if n_bad: print(f"{n_bad:,} rows could not be scored (NaN scores, reason in `score_error`):\n{error_summary(errs)}")
+    return res
 
 # %% ../nbs/10_distributed.ipynb #f750007e
 def cli_score_stream(data:str, # .parquet or .jsonl file, or a folder of them (read chunk by chunk)

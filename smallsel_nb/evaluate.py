@@ -4,17 +4,45 @@
 
 # %% ../nbs/04a_evaluate.ipynb #8a4ab203
 from __future__ import annotations
-import re
+import math, re
+from dataclasses import dataclass
 import numpy as np
 import pandas as pd
+import torch
 from datasets import Dataset
 
-from .core import SmallselError
-from .synth import exact_match
+from .core import SmallselError, tf32_matmul
+from .synth import FAMILIES, FRAMES
 from .select import Refusal, Repetition, NonAlpha
+from .lm import TokenRows, token_rows, row_nll, pad_id_of, hf_quiet
 
 # %% auto #0
-__all__ = ['DEFECTS', 'BEHAVIOUR_DEFECTS', 'defect_kinds', 'generation_report']
+__all__ = ['DEFECTS', 'BEHAVIOUR_DEFECTS', 'extract_answer', 'exact_match', 'defect_kinds', 'generation_report', 'eval_loss',
+           'generate', 'Evaluator', 'evaluate']
+
+# %% ../nbs/04a_evaluate.ipynb #55eddfab
+_FRAME_RE = re.compile(r"^(?:the\s+(?:answer|result)\s+is\b|answer\s*:)\s*:?", re.I)  # v1 and v2 frames
+
+def extract_answer(text:str|None, # a response (model output or gold answer)
+                   task:str|None=None, # the row's family: strip only its frame (default: either frame)
+                  )->str: # the normalized answer ("" when there is none)
+    "The answer in `text`: first non-empty line, frame (`The answer is`, `The result is`, `Answer:`) dropped, stripped, one trailing period dropped, casefolded."
+    if task is not None and task not in FRAMES: raise SmallselError(f"unknown task {task!r}; choose from {', '.join(FAMILIES)}")
+    line = next((l for l in str(text or "").splitlines() if l.strip()), "").strip()
+    if task is None: line = _FRAME_RE.sub("", line, count=1)
+    elif line.casefold().startswith(FRAMES[task].casefold()): line = line[len(FRAMES[task]):]
+    line = line.strip()
+    return (line[:-1] if line.endswith(".") else line).strip().casefold()
+
+# %% ../nbs/04a_evaluate.ipynb #62c69283
+def exact_match(predictions, # model responses, one per row
+                answers, # gold answers (the `answer` column), same length
+               )->np.ndarray: # bool per row
+    "Whether each prediction's extracted answer equals the gold answer (rule above)."
+    predictions, answers = list(predictions), list(answers)
+    if len(predictions) != len(answers):
+        raise SmallselError(f"exact_match: {len(predictions)} predictions but {len(answers)} answers")
+    return np.array([extract_answer(p) == extract_answer(a) for p, a in zip(predictions, answers)], dtype=bool)
 
 # %% ../nbs/04a_evaluate.ipynb #da122618
 DEFECTS = ("empty", "refusal", "repetitive", "nonsense", "truncated", "off_format", "wrong")
@@ -74,3 +102,104 @@ def generation_report(texts, # generations, one per row
     out = {"defect_rate": float(np.isin(k, BEHAVIOUR_DEFECTS).mean()), **{f"defect_{d}": float((k == d).mean()) for d in BEHAVIOUR_DEFECTS}}
     if answers is not None: out = {"exact_match": float(exact_match(texts, answers).mean()), "wrong_rate": float((k == "wrong").mean()), **out}
     return {prefix + key: v for key, v in out.items()}
+
+# %% ../nbs/04a_evaluate.ipynb #fcb77e7d
+def eval_loss(model, # causal LM
+              rows:TokenRows, # tokenized eval rows (`token_rows`)
+              pad_id:int, # padding id
+              batch_tokens:int=8192, # padded tokens per forward
+             )->float: # mean NLL per response token
+    "Token-weighted mean loss on the response tokens of every eval row."
+    return float(row_nll(model, rows, pad_id, batch_tokens).sum() / rows.targets)
+
+# %% ../nbs/04a_evaluate.ipynb #fdc2c91c
+@torch.no_grad()
+@tf32_matmul()  # fp32 work on a GPU may use TF32 tensor cores
+def generate(model, # causal LM
+             tokenizer, # its tokenizer
+             prompts:list, # prompt token ids per row (BOS and template included)
+             max_new_tokens:int=32, # tokens to generate at most
+             batch_size:int=64, # prompts per `generate` call
+             temperature:float=0.0, # 0: greedy; > 0: sample from the model's distribution at this temperature (no top-k/top-p)
+             seed:int=0, # sampling seed (the global RNG is left as it was)
+             return_hit:bool=False, # also return, per prompt, whether it stopped at `max_new_tokens` without an end of sequence
+            )->list[str]: # the generated text per prompt (special tokens removed); with `return_hit`, (texts, hit flags)
+    "Greedy (or sampled) continuations of tokenized prompts, batched with left padding."
+    if not (temperature >= 0 and math.isfinite(temperature)): raise SmallselError(f"temperature must be >= 0, got {temperature}")
+    was = model.training; model.eval()
+    dev, pad, eos = next(model.parameters()).device, pad_id_of(tokenizer), tokenizer.eos_token_id
+    order = np.argsort([len(p) for p in prompts], kind="stable")
+    out, hit = [None] * len(prompts), np.zeros(len(prompts), bool)
+    sample = dict(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            L = max(len(prompts[j]) for j in idx)
+            ids = torch.tensor([[pad] * (L - len(prompts[j])) + list(prompts[j]) for j in idx], device=dev)
+            mask = torch.tensor([[0] * (L - len(prompts[j])) + [1] * len(prompts[j]) for j in idx], device=dev)
+            with hf_quiet():  # no advice about generation settings in every evaluation
+                gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
+                                     eos_token_id=eos, **sample)[:, L:].tolist()
+            for j, g in zip(idx, gen):
+                hit[j] = eos not in g
+                out[j] = tokenizer.decode(g[:g.index(eos)] if eos in g else g, skip_special_tokens=True)
+    model.train(was)
+    return (out, hit) if return_hit else out
+
+# %% ../nbs/04a_evaluate.ipynb #c049a9ec
+def _answers(ds:Dataset)->tuple[np.ndarray, str|None]:
+    "Rows with a usable `answer`, and a note when exact match is skipped or partial."
+    if "answer" not in ds.column_names: return np.zeros(0, int), "exact match skipped: the eval rows have no `answer` column"
+    a = pd.Series(ds["answer"], dtype=object)
+    ok = np.flatnonzero(a.notna() & (a.astype(str).str.strip() != ""))
+    if len(ok) == 0: return ok, "exact match skipped: every `answer` in the eval rows is empty"
+    return ok, None if len(ok) == len(ds) else f"exact match on the {len(ok)} of {len(ds)} eval rows that have an answer"
+
+@dataclass
+class Evaluator:
+    "Everything evaluation needs, prepared once: tokenized eval rows, prompts and answers for generation metrics."
+    rows: TokenRows # tokenized eval rows
+    prompts: list # prompt ids of the rows with answers
+    answers: list # their gold answers
+    note: str|None # why exact match is skipped or partial (None: on every row)
+    max_new_tokens: int # generation limit
+    pad_id: int # padding id
+    frame: str|None = None # how a well-formed response starts (`evaluate.defect_kinds`); None: no format check
+    temperature: float|None = None # also measure sampled generations at this temperature (None: greedy only)
+    @classmethod
+    def make(cls, ds:Dataset, # clean eval rows (an `answer` column enables generation metrics)
+             tokenizer, template:str="alpaca", max_length:int=512,
+             max_new_tokens:int|None=None, # generation limit (default: twice the longest eval response + 4, room to show a loop)
+             frame:str|None=None, # how a well-formed response starts, e.g. "Answer:"
+             temperature:float|None=None, # also sample at this temperature
+            ):
+        rows = token_rows(ds, tokenizer, template, max_length, source="eval")
+        ok, note = _answers(ds)
+        prompts = [rows.ids[i][:rows.start[i]] for i in ok]
+        longest = int((rows.ids.lengths - rows.start).max())
+        answers = pd.Series(ds["answer"], dtype=object).iloc[ok].tolist() if len(ok) else []
+        return cls(rows, prompts, answers, note, max_new_tokens or 2 * longest + 4, pad_id_of(tokenizer), frame, temperature)
+
+    def __call__(self, model, tokenizer, exact:bool=True, # also generate: exact match and defect rates
+                 batch_size:int=64)->dict:
+        "Eval loss (always); exact match, wrong and defect rates of greedy (and sampled) generations when `exact` and the rows have answers."
+        out = {"eval_loss": eval_loss(model, self.rows, self.pad_id)}
+        if exact and self.prompts:
+            texts, hit = generate(model, tokenizer, self.prompts, self.max_new_tokens, batch_size, return_hit=True)
+            out.update(generation_report(texts, self.answers, self.frame, hit))
+            if self.temperature:
+                texts, hit = generate(model, tokenizer, self.prompts, self.max_new_tokens, batch_size, self.temperature, return_hit=True)
+                out.update(generation_report(texts, self.answers, self.frame, hit, prefix="sampled_"))
+        return out
+
+def evaluate(model, # causal LM
+             tokenizer, # its tokenizer
+             ds:Dataset, # clean eval rows; an `answer` column enables exact match
+             template:str="alpaca", # the template the model was trained with
+             max_length:int=512, # longest prompt + response (tokens)
+             exact:bool=True, # run greedy generation for exact match
+            )->dict: # eval_loss, exact_match (when computed), note (when exact match is skipped or partial)
+    "Clean eval loss and exact match of `model` on `ds`."
+    ev = Evaluator.make(ds, tokenizer, template, max_length)
+    return {**ev(model, tokenizer, exact), **({"note": ev.note} if ev.note else {})}

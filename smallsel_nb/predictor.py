@@ -111,12 +111,12 @@ def _mean_hidden_batches(model, # a causal LM
                          batch_tokens:int, # padded tokens per forward
                         ):
     "Yield (positions into `idx`, mean last hidden state) over length-sorted token-budget batches."
-    from smallsel_nb.train import _pad_id
-    from smallsel_nb.scoring import pad_batch, plan_batches, _body
-    dev, body = next(model.parameters()).device, _body(model)
+    from smallsel_nb.lm import pad_id_of
+    from smallsel_nb.lm import pad_batch, plan_batches, lm_body
+    dev, body = next(model.parameters()).device, lm_body(model)
     order = np.argsort(tr.ids.lengths[idx], kind="stable")
     for b in plan_batches(tr.ids.lengths[idx][order], batch_tokens):
-        ids, lens = pad_batch(tr.seqs(idx[order[b]]), _pad_id(tokenizer))
+        ids, lens = pad_batch(tr.seqs(idx[order[b]]), pad_id_of(tokenizer))
         yield order[b], _mean_hidden(body, ids, lens, dev)
 
 @torch.no_grad()
@@ -128,7 +128,7 @@ def hidden_state_features(model, # a causal LM (the small scorer)
                           batch_tokens:int=8192, # padded tokens per forward
                          )->np.ndarray: # float32 (N, hidden size)
     "Mean last-layer hidden state of each row (prompt + response) under a causal LM."
-    from smallsel_nb.train import token_rows
+    from smallsel_nb.lm import token_rows
     rows = token_rows(data, tokenizer, template, max_length, source="features")
     model.eval()
     out = np.zeros((len(rows), model.config.hidden_size), np.float32)
@@ -146,10 +146,10 @@ def response_loss(model, # causal LM (the large model)
                   batch_tokens:int=8192, # padded tokens per forward
                  )->tuple[np.ndarray, int]: # (mean response-token NLL per asked row, tokens read)
     "Per-row training loss of `model` on the asked rows, and the tokens the forward passes read."
-    from smallsel_nb.train import token_rows, row_nll, _pad_id
+    from smallsel_nb.lm import token_rows, row_nll, pad_id_of
     if rows is not None: data = data.select(np.asarray(rows)) if hasattr(data, "select") else data.iloc[np.asarray(rows)]
     tr = token_rows(data, tokenizer, template, max_length, source="large-model loss")
-    return row_nll(model, tr, _pad_id(tokenizer), batch_tokens) / (tr.ids.lengths - tr.start), tr.tokens
+    return row_nll(model, tr, pad_id_of(tokenizer), batch_tokens) / (tr.ids.lengths - tr.start), tr.tokens
 
 # %% ../nbs/08_predictor.ipynb #91b495bc
 PREDICTORS = ("ridge", "hgb")
@@ -280,7 +280,7 @@ class LMLossPredictor:
     val_spearman: float = float("nan") # Spearman on the held-out seed rows (set by `fit`)
 
     def _tokens(self, data, source:str):
-        from smallsel_nb.train import token_rows
+        from smallsel_nb.lm import token_rows
         return token_rows(data, self.tokenizer, self.template, self.max_length, source=source)
 
     def _split(self, n:int, rng)->tuple[np.ndarray, np.ndarray]:
@@ -294,15 +294,16 @@ class LMLossPredictor:
             rows:np.ndarray|None=None, # their row positions in the pool (for messages)
            )->LMLossPredictor:
         "Fine-tune a copy of the LM and the head on the seed (less a held-out part); measure the held-out Spearman."
-        from smallsel_nb.train import _pad_id, lr_at
-        from smallsel_nb.scoring import pad_batch, _body
+        from smallsel_nb.lm import pad_id_of
+        from smallsel_nb.train import lr_at
+        from smallsel_nb.lm import pad_batch, lm_body
         y, rows = _check_target(y, rows, len(data), self.min_rows, "LM")
         tr, rng = self._tokens(data, "seed"), np.random.default_rng(self.seed)
         torch.manual_seed(self.seed)
         val, fit = self._split(len(y), rng)
         self.mu, self.sd = float(y[fit].mean()), float(y[fit].std() or 1.0)
         self.lm = copy.deepcopy(self.model).float().train()
-        dev, body = next(self.lm.parameters()).device, _body(self.lm)
+        dev, body = next(self.lm.parameters()).device, lm_body(self.lm)
         self.head = torch.nn.Linear(self.lm.config.hidden_size, 1).to(dev)
         torch.nn.init.zeros_(self.head.weight); torch.nn.init.zeros_(self.head.bias)  # starts at the seed mean
         opt = torch.optim.AdamW([dict(params=body.parameters()), dict(params=self.head.parameters())], weight_decay=0.0)
@@ -311,7 +312,7 @@ class LMLossPredictor:
         params = list(self.lm.parameters()) + list(self.head.parameters())
         for i, b in enumerate(progress(steps, desc="fitting the LM predictor", unit="step")):
             for g, peak in zip(opt.param_groups, (self.lr, self.head_lr)): g["lr"] = lr_at(i, len(steps), peak, max(1, len(steps) // 10), peak / 10)
-            ids, lens = pad_batch(tr.seqs(b), _pad_id(self.tokenizer))
+            ids, lens = pad_batch(tr.seqs(b), pad_id_of(self.tokenizer))
             loss = torch.nn.functional.mse_loss(self.head(_mean_hidden(body, ids, lens, dev)).squeeze(-1), target[b])
             opt.zero_grad(set_to_none=True); loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()

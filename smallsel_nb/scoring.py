@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_scoring.ipynb #7cc76c44
 from __future__ import annotations
-import contextlib, inspect, json, math, os, shutil, socket, time, warnings
+import json, math, os, socket, time, warnings
 from dataclasses import dataclass
 from collections import Counter
 from pathlib import Path
@@ -12,23 +12,19 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 from datasets import Dataset
 
 from fastcore.basics import patch
 from fastcore.meta import delegates
-from fastcore.script import Param
-from torch.utils.checkpoint import checkpoint
-from .core import (SmallselError, cache_root, cpu_has_bf16, fingerprint, get_device, get_dtype, progress,
-                              table_fingerprint, arrow_table, tf32_matmul, logger, atomic_write, check_output, row_error)
+from .core import (SmallselError, cache_root, fingerprint, progress, table_fingerprint, arrow_table, tf32_matmul,
+                              atomic_write, row_error)
+from .lm import (Ragged, as_lm, batch_end, default_batch_tokens, forward_nll, lm_body, lm_identity,
+                            model_max_length, pad_batch, prefix_kv, require_fast_head)
 
 # %% auto #0
-__all__ = ['SCORE_COLUMNS', 'ERRORS', 'score_per_row', 'pad_batch', 'scored_positions', 'head_chunk_bytes', 'head_logits',
-           'head_nll', 'check_fast_head', 'require_fast_head', 'find_prefixes', 'assign_prefix', 'prefix_kv',
-           'device_ints', 'batch_layout', 'forward_nll', 'plan_shards', 'batch_end', 'plan_batches', 'ShardScorer',
-           'shard_checksum', 'ShardStore', 'scoring_dtype', 'Ragged', 'default_batch_tokens', 'score_tokenized',
-           'finalize_scores', 'model_max_length', 'bad_rows', 'ScoringJob', 'prepare_scoring', 'attach_scores', 'score',
-           'parse_columns', 'Scorer', 'error_summary', 'cli_score']
+__all__ = ['SCORE_COLUMNS', 'ERRORS', 'score_per_row', 'find_prefixes', 'assign_prefix', 'plan_shards', 'ShardScorer',
+           'shard_checksum', 'ShardStore', 'score_tokenized', 'finalize_scores', 'bad_rows', 'ScoringJob',
+           'prepare_scoring', 'attach_scores', 'score', 'parse_columns', 'Scorer', 'error_summary']
 
 # %% ../nbs/03_scoring.ipynb #190541cb
 @torch.inference_mode()
@@ -50,88 +46,6 @@ def score_per_row(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
         ids = torch.tensor([r["uncond_ids"]], device=dev)
         uncond[i] = model(input_ids=ids, labels=ids).loss.float().item()
     return dict(cond_loss=cond, uncond_loss=uncond)
-
-# %% ../nbs/03_scoring.ipynb #f94d7975
-def pad_batch(seqs:list, # token id sequences (lists or arrays)
-              pad_id:int=0, # id used for padding (never scored)
-             )->tuple[np.ndarray, np.ndarray]: # (ids [B, L], lengths [B])
-    "Right-pad `seqs` into one int64 matrix."
-    lens = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-    mat = np.full((len(seqs), int(lens.max(initial=1))), pad_id, dtype=np.int64)
-    mat[np.arange(mat.shape[1]) < lens[:, None]] = np.concatenate([np.asarray(s, dtype=np.int64) for s in seqs]) if len(seqs) else []
-    return mat, lens
-
-# %% ../nbs/03_scoring.ipynb #751053af
-def scored_positions(starts:np.ndarray, # per row: index (in the full sequence) of the first scored token
-                     lens:np.ndarray, # per row: full sequence length
-                     offset:int=0, # tokens of the sequence held in a prefix cache (not in the batch matrix)
-                    )->tuple[np.ndarray, np.ndarray]: # (row index, position in the batch matrix) per scored token
-    "Flat indices of the hidden states that predict scored tokens, vectorized."
-    a, b = starts - 1 - offset, lens - 1 - offset
-    counts = np.maximum(b - a, 0)
-    rows = np.repeat(np.arange(len(starts)), counts)
-    pos = np.repeat(a, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    return rows, pos
-
-# %% ../nbs/03_scoring.ipynb #317c7508
-def head_chunk_bytes(device:torch.device, # where the logits are computed
-                    )->int: # bytes of fp32 logits per chunk
-    "Logits computed at once by `head_nll`: about 1 GiB on a GPU (few, large matmuls), 128 MiB on a CPU (cache-friendly)."
-    return 2**30 if device.type == "cuda" else 2**27
-
-def head_logits(model, # a causal LM (its output embeddings are the head)
-                hidden:torch.Tensor, # [T, H] final hidden states
-               )->torch.Tensor: # [T, vocab] fp32 logits, soft-capped like the model's own
-    "The model's output head applied to `hidden`, in fp32."
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    logits = model.get_output_embeddings()(hidden).float()
-    return torch.tanh(logits / cap) * cap if cap else logits
-
-def _chunk_nll(model, hidden, targets): return F.cross_entropy(head_logits(model, hidden), targets, reduction="none")
-
-def head_nll(model, # a causal LM (its output embeddings are the head)
-             hidden:torch.Tensor, # [T, H] hidden states that predict the targets
-             targets:torch.Tensor, # [T] target token ids
-             chunk_bytes:int|None=None, # cap on fp32 logits held at once (default: `head_chunk_bytes` of the device)
-            )->torch.Tensor: # [T] fp32 negative log-likelihoods
-    "Cross-entropy of `targets` from `hidden`, computing logits chunk by chunk."
-    step = max(1, (chunk_bytes or head_chunk_bytes(hidden.device)) // (4 * model.get_output_embeddings().weight.shape[0]))
-    # under autograd, each chunk's logits would be kept for the backward: recompute them there instead (checkpoint)
-    ckpt = torch.is_grad_enabled() and hidden.requires_grad and hidden.shape[0] > step
-    out = [checkpoint(_chunk_nll, model, hidden[i:i+step], targets[i:i+step], use_reentrant=False) if ckpt
-           else _chunk_nll(model, hidden[i:i+step], targets[i:i+step]) for i in range(0, hidden.shape[0], step)]
-    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
-
-# %% ../nbs/03_scoring.ipynb #5313fb62
-def _body(model):
-    "The transformer body of a causal LM (everything before the output projection)."
-    return model.base_model if model.base_model is not model else model.get_decoder()
-
-def _cache_kw(body):
-    "Name of the key/value cache argument (`cache` in transformers 5, `past_key_values` before)."
-    return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
-
-@torch.inference_mode()
-def check_fast_head(model, # a causal LM, on its device, in the dtype it will score in
-                    n:int=12, # random tokens to check on
-                   )->bool: # body + `head_logits` equal the model's own logits
-    "True when body + `head_logits` reproduce the model's own logits at every position (tolerance from the weights' dtype)."
-    p, was = next(model.parameters()), model.training
-    ids = torch.randint(0, model.get_output_embeddings().weight.shape[0], (1, n), device=p.device)
-    model.eval()  # no dropout in either path
-    ref = model(input_ids=ids).logits[0].float()
-    got = head_logits(model, _body(model)(input_ids=ids).last_hidden_state[0])
-    model.train(was)
-    eps = torch.finfo(p.dtype).eps if p.dtype.is_floating_point else 2**-7
-    tol = max(4 * eps, 2e-3) * max(1.0, ref.nan_to_num(0).abs().max().item())  # a few rounding steps of the largest logit
-    return got.shape == ref.shape and torch.allclose(got, ref, rtol=0, atol=tol, equal_nan=True)  # NaN weights: the loss says so later
-
-def require_fast_head(model, # a causal LM, on its device, in the dtype it will run in
-                     ):
-    "Refuse a model whose logits the fast head (`head_nll`, used for every scored batch) cannot reproduce."
-    if not check_fast_head(model):
-        raise SmallselError(f"{type(model).__name__}: the fast output head does not reproduce the model's logits; "
-                            "this architecture needs support in smallsel_nb.scoring (please report it)")
 
 # %% ../nbs/03_scoring.ipynb #8fe5923e
 def find_prefixes(cond_ids:list, # tokenized prompts+responses (a sample is enough)
@@ -169,78 +83,6 @@ def assign_prefix(cond_ids:list, # tokenized rows
         out[ok], best[ok] = k, len(p)
     return out
 
-# %% ../nbs/03_scoring.ipynb #133110ba
-def _expand_cache(model, kv, b):
-    "A fresh cache holding the prefix key/values repeated for a batch of `b` rows."
-    from transformers import DynamicCache
-    return DynamicCache(ddp_cache_data=[(k.expand(b, *k.shape[1:]), v.expand(b, *v.shape[1:])) for k, v in kv],
-                        config=model.config)
-
-@torch.inference_mode()
-def prefix_kv(model, prefix:np.ndarray)->list:
-    "Key/value tensors of every layer for one prefix (batch of 1)."
-    dev, body = next(model.parameters()).device, _body(model)
-    ids = torch.as_tensor(prefix, device=dev)[None]
-    out = body(input_ids=ids, use_cache=True)
-    cache = out.cache if hasattr(out, "cache") else out.past_key_values
-    return [(layer[0], layer[1]) for layer in cache]
-
-@contextlib.contextmanager
-def _hf_quiet():
-    "Silence transformers' warnings for a block (e.g. its advice to pass an attention mask, which we omit on purpose)."
-    from transformers.utils import logging as hf_logging
-    v = hf_logging.get_verbosity(); hf_logging.set_verbosity_error()
-    try: yield
-    finally: hf_logging.set_verbosity(v)
-
-def device_ints(arrays:list[np.ndarray], # integer host arrays (any shapes)
-                dev:torch.device, # where they are needed
-               )->list[torch.Tensor]: # int64 tensors on `dev`, same shapes
-    "Host index arrays on `dev` in one copy: pinned and non-blocking on CUDA, so the host never waits for the GPU here."
-    flat = torch.from_numpy(np.concatenate([np.asarray(a, np.int64).ravel() for a in arrays]))
-    if dev.type == "cuda": flat = flat.pin_memory().to(dev, non_blocking=True)
-    return [t.view(a.shape) for t, a in zip(flat.split([a.size for a in arrays]), arrays)]
-
-def batch_layout(seqs:list, # full token sequences (prefix included)
-                 starts:np.ndarray, # first scored token per sequence
-                 prefix_len:int=0, # tokens held in a prefix cache (not in the batch matrix)
-                 pad_id:int=0, # padding id
-                )->tuple: # (ids [B, L], flat index of each predicting hidden state in [B*L], its slot in [B*W], W)
-    "Everything a batch needs on the device, computed on the host before the forward."
-    ids, lens = pad_batch([s[prefix_len:] for s in seqs], pad_id)
-    rows, pos = scored_positions(np.asarray(starts), lens + prefix_len, offset=prefix_len)
-    counts = np.bincount(rows, minlength=len(seqs)); w = int(counts.max(initial=0))
-    slot = rows * w + np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)  # row r's j-th token: r*W + j
-    return ids, rows * ids.shape[1] + pos, slot, w
-
-@torch.inference_mode()
-def forward_nll(model, # causal LM
-                seqs:list, # full token sequences (prefix included)
-                starts:np.ndarray, # first scored token per sequence
-                prefix_len:int=0, # tokens at the start of every sequence held in `kv`
-                kv:list|None=None, # key/values of the shared prefix (`prefix_kv`)
-                pad_id:int=0, # padding id
-                per_token:bool=False, # also return each scored token's loss (one host sync)
-               )->tuple[torch.Tensor, list|None]: # (NLL sum per row, per-token losses per row or None)
-    "Summed NLL of the scored tokens of each sequence, logits only at scored positions, no host sync."
-    dev, body = next(model.parameters()).device, _body(model)
-    ids, at, slot, w = batch_layout(seqs, starts, prefix_len, pad_id)
-    ids_t, at_t, slot_t = device_ints([ids, at, slot], dev)   # indices are ready before the forward starts
-    b, l = ids.shape
-    # No padding mask: padding is on the right, so under the causal mask no real token ever sees it; the hidden
-    # states computed at padded positions are never gathered. Plain causal attention takes the fast kernel path.
-    # Position ids only after a prefix (without one the default 0..l-1 is right, and transformers then skips a
-    # packed-sequence check that waits for the GPU).
-    kw = dict(input_ids=ids_t)
-    if prefix_len: kw.update({"position_ids": torch.arange(prefix_len, prefix_len + l, device=dev).expand(b, l),
-                              _cache_kw(body): _expand_cache(model, kv, b)})
-    with _hf_quiet(): h = body(**kw, use_cache=bool(prefix_len)).last_hidden_state
-    nll = head_nll(model, h.reshape(b * l, -1)[at_t], ids_t.view(-1)[at_t + 1])
-    # per-row sums without atomics: each token has its own slot in a [B, W] matrix, summed along rows (same bits every run)
-    sums = nll.new_zeros(b * w).index_put_((slot_t,), nll).view(b, w).sum(1)
-    toks = np.split(nll.cpu().numpy(), np.cumsum(np.bincount(at // l, minlength=b))[:-1]) if per_token else None
-    return sums, toks
-
 # %% ../nbs/03_scoring.ipynb #19d6bcd9
 def plan_shards(lengths:np.ndarray, # a length per row (the sort key)
                 shard_rows:int=2048, # rows per shard
@@ -248,23 +90,6 @@ def plan_shards(lengths:np.ndarray, # a length per row (the sort key)
     "Cut the length-sorted rows into shards."
     order = np.argsort(lengths, kind="stable")
     return [order[i:i+shard_rows] for i in range(0, len(order), shard_rows)]
-
-def batch_end(lengths:np.ndarray, # padded cost of each item, sorted ascending
-              start:int, # first item of the batch
-              batch_tokens:int, # budget: rows × longest row
-             )->int: # one past the batch's last item (at least `start + 1`)
-    "End of the greedy token-budget batch that starts at `start`."
-    L = lengths[start:]
-    return start + max(1, int(np.searchsorted(np.arange(1, len(L) + 1) * L, batch_tokens, side="right")))
-
-def plan_batches(lengths:np.ndarray, # padded cost of each item (tokens)
-                 batch_tokens:int, # budget: rows × longest row per batch
-                )->list[np.ndarray]: # item indices of each batch (input must be sorted by length)
-    "Greedy token-budget batches over items already sorted by length."
-    out, start = [], 0
-    while start < len(lengths):
-        end = batch_end(lengths, start, batch_tokens); out.append(np.arange(start, end)); start = end
-    return out
 
 # %% ../nbs/03_scoring.ipynb #81085b12
 def _is_oom(e): return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
@@ -443,66 +268,8 @@ def take(self:ShardStore, todo:list[int], # shard numbers this process should en
     finally:
         if mine is not None: self.release(mine)
 
-# %% ../nbs/03_scoring.ipynb #22b83135
-def scoring_dtype(dtype:str="auto", # auto, float32, bfloat16
-                  device:str="auto", # where the model runs
-                 )->torch.dtype:
-    "`auto`: bf16 on CUDA and on CPUs with native bf16, else fp32."
-    if dtype in (None, "auto") and get_device(device).type == "cpu":
-        dt = torch.bfloat16 if cpu_has_bf16() else torch.float32
-        logger.info(f"dtype auto: {dt} on the CPU ({'with' if dt == torch.bfloat16 else 'no'} native bf16 instructions)")
-        return dt
-    return get_dtype(dtype, device)
-
 # %% ../nbs/03_scoring.ipynb #39e0ef74
 SCORE_COLUMNS = ["cond_loss", "uncond_loss", "ifd", "cond_ppl", "uncond_ppl", "n_response_tokens", "score_error"]
-
-def _resolve_model(model, dtype, device):
-    "(model, tokenizer, name) from a name/path, a (model, tokenizer) pair."
-    if isinstance(model, (str, os.PathLike)):
-        from smallsel_nb.models import load_lm
-        m, tok = load_lm(str(model), dtype=scoring_dtype(dtype, device), device=device)
-        return m, tok, str(model)
-    if isinstance(model, (tuple, list)) and len(model) == 2:
-        m, tok = model
-        if dtype not in (None, "auto"): m = m.to(get_dtype(dtype))
-        if device not in (None, "auto"): m = m.to(get_device(device))
-        return m.eval(), tok, getattr(m, "smallsel_name", None) or getattr(m.config, "_name_or_path", "")
-    raise SmallselError(f"model must be a name, a path or a (model, tokenizer) pair, not {type(model).__name__}")
-
-def _identity(m, name):
-    try:
-        from smallsel_nb.models import model_identity
-        return model_identity(m, name=name)
-    except ImportError: return fingerprint(name, *[p for p in m.state_dict().values()])
-
-# %% ../nbs/03_scoring.ipynb #712f69ff
-class Ragged:
-    "Zero-copy view of a list<int> Arrow column: `r[i]` is row i's numpy array."
-    def __init__(self, col):
-        arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-        self.offsets, self.values = arr.offsets.to_numpy(), arr.values.to_numpy(zero_copy_only=False)
-    def __len__(self): return len(self.offsets) - 1
-    def __getitem__(self, i): return self.values[self.offsets[i]:self.offsets[i+1]]
-    @property
-    def lengths(self)->np.ndarray: return np.diff(self.offsets)
-
-# %% ../nbs/03_scoring.ipynb #bca0568c
-def default_batch_tokens(model, # causal LM
-                         device:torch.device|None=None, # where it runs (default: where its weights are)
-                         share:float=0.5, # part of the free GPU memory the activations may use
-                        )->int: # padded tokens per forward
-    "Token budget per forward: 4096 on a CPU; on a GPU, from its free memory and the model's activation size per token."
-    dev = device or next(model.parameters()).device
-    if dev.type != "cuda": return 4096
-    c = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    hid, heads, layers = c.hidden_size, c.num_attention_heads, c.num_hidden_layers
-    kv = (getattr(c, "num_key_value_heads", None) or heads) * (getattr(c, "head_dim", None) or hid // heads)
-    inter = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * hid
-    per_token = next(model.parameters()).element_size() * (2 * layers * kv + 6 * hid + 3 * inter)
-    free = torch.cuda.mem_get_info(dev)[0] - 2 * head_chunk_bytes(dev)
-    n = max(1, int(share * free / per_token))
-    return int(min(max(2 ** int(math.log2(n)), 4096), 2**18))
 
 # %% ../nbs/03_scoring.ipynb #519b601c
 def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
@@ -529,7 +296,7 @@ def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
     plan = plan_shards(lengths, shard_rows)
     todo = [k for k in (range(len(plan)) if shards is None else shards)]
     require_fast_head(model)  # every batch goes through the fast head, with or without a prefix cache
-    if compile: _body(model).compile(dynamic=True)  # shapes vary from batch to batch
+    if compile: lm_body(model).compile(dynamic=True)  # shapes vary from batch to batch
     sample = np.random.default_rng(0).choice(n, min(n, 2000), replace=False) if n else np.array([], int)
     prefixes = find_prefixes([cond[i] for i in sample], rs[sample]) if prefix_cache else []
     out = dict(cond_sum=np.full(n, np.nan), uncond_sum=np.full(n, np.nan), n_cond=np.zeros(n, np.int64),
@@ -569,12 +336,6 @@ def finalize_scores(tok:Dataset, # tokenized rows (for `tok_error` and which row
     return dict(cond_loss=cond, uncond_loss=unc, ifd=np.exp(cond - unc), cond_ppl=np.exp(cond), uncond_ppl=np.exp(unc),
                 n_response_tokens=np.where(text, res["n_uncond"], res["n_cond"]).astype(np.int64),
                 score_error=err.tolist())
-
-# %% ../nbs/03_scoring.ipynb #312f400f
-def model_max_length(model)->int|None:
-    "Longest sequence the model's position table allows (None when unbounded or unknown)."
-    c = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
 
 # %% ../nbs/03_scoring.ipynb #f1378f2f
 ERRORS = ("fail", "skip", "report")
@@ -635,14 +396,14 @@ def prepare_scoring(data, # rows: anything `data.load_rows` reads, or a `Dataset
     ds = data if canonical else load_rows(data, schema=parse_columns(columns) or "auto", errors="report", turns=turns, keep_conversation=True)
     ds = bad_rows(ds, errors, str(data) if isinstance(data, (str, Path)) else None, verbose)
     if len(ds) == 0: raise SmallselError("no rows to score")
-    m, tokenizer, name = _resolve_model(model, dtype, device)
+    m, tokenizer, name = as_lm(model, dtype, device)
     limit = model_max_length(m)
     if max_length is None: max_length = min(limit or 1024, 1024)
     elif limit and max_length > limit:
         warnings.warn(f"max_length={max_length} is longer than the model's {limit} positions: using {limit}")
         max_length = limit
     tok = tokenize_for_scoring(ds, tokenizer, template=template, max_length=max_length, system=system, verbose=verbose)
-    key = dict(data=table_fingerprint(ds, ["id", "instruction", "input", "output"]), model=identity or _identity(m, name),
+    key = dict(data=table_fingerprint(ds, ["id", "instruction", "input", "output"]), model=identity or lm_identity(m, name),
                template=template, system=system, max_length=max_length, per_token=per_token,
                dtype=str(next(m.parameters()).dtype), shard_rows=shard_rows, version=2)  # 2: shards carry a checksum
     store = None if cache_dir is False else ShardStore(Path(cache_dir or cache_root()/"scores")/fingerprint(key), key)
@@ -691,8 +452,8 @@ class Scorer:
                  dtype:str="auto", # auto, float32, bfloat16
                  system:str|None=None, # system prompt for the chat template
                 ):
-        self.model, self.tokenizer, name = _resolve_model(model, dtype, device)
-        self.identity = _identity(self.model, name)  # hashed once, not per batch
+        self.model, self.tokenizer, name = as_lm(model, dtype, device)
+        self.identity = lm_identity(self.model, name)  # hashed once, not per batch
         self.columns = parse_columns(columns)
         self.kw = dict(template=template, max_length=max_length, batch_tokens=batch_tokens, system=system)
 
@@ -729,42 +490,3 @@ def error_summary(errors:list, # `score_error` column
     "One line per distinct reason with its count."
     c = Counter(e for e in errors if e is not None)
     return "\n".join(f"  {n:>8,}  {reason}" for reason, n in c.most_common())
-
-def cli_score(data:str, # rows to score: .jsonl/.json/.parquet/.csv file, dataset folder or hf://hub-data-set
-              model:Param("model: offline alias (smollm2-135m, gemma3-270m), preset (tiny, small, ...), local folder or hub id", str, required=True)=None,
-              out:Param("output file, .parquet or .jsonl", str, required=True)=None,
-              template:Param("prompt template", str, choices=["alpaca", "chat", "none"])="alpaca",
-              max_length:int=None, # longest prompt + response in tokens (default: the model's limit, at most 1024)
-              batch_tokens:int=None, # padded tokens per forward (default: 4096 on CPU, from free memory on GPU)
-              device:str="auto", # device: auto, cpu, cuda, cuda:1, mps, ...
-              dtype:Param("model dtype", str, choices=["auto", "float32", "bfloat16"])="auto",
-              cache_dir:str=None, # shard cache folder (default: $SMALLSEL_CACHE/scores)
-              system:str=None, # system prompt for the chat template (default: none)
-              per_token:bool=False, # also write per-token conditional losses
-              columns:str=None, # your column names: instruction=question,output=answer[,input=context]
-              turns:Param("chat data: score the first, last or all assistant turns (a `turn` column numbers them)", str, choices=["first", "last", "all"])="first",
-              local_only:bool=False, # never reach the model hub: a hub id loads only from the local HF cache
-              errors:Param("rows that cannot be read or converted: fail (name them), skip (leave them out), report (keep them unscored, reason in score_error)", str, choices=["fail", "skip", "report"])="fail",
-             ):
-    "Score every row with a causal LM and write the rows with their scores."
-    from smallsel_nb.data import save_rows
-    from smallsel_nb.models import local_model
-    if local_only: model = local_model(model)  # a cached hub id becomes its snapshot folder: no network access
-    check_output(out, (".parquet", ".jsonl"))  # before any work: a bad output path fails at once
-    t0 = time.time()
-    if columns or turns != "first":  # read here so that distributed scoring gets the same rows
-        from smallsel_nb.data import load_rows
-        data = load_rows(data, schema=parse_columns(columns) or "auto", errors="report", turns=turns, keep_conversation=True)
-    kw = dict(template=template, max_length=max_length, batch_tokens=batch_tokens, device=device, dtype=dtype,
-              cache_dir=cache_dir, per_token=per_token, system=system, errors=errors)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun / accelerate launch: one share per rank
-        from smallsel_nb.distributed import score_distributed
-        res = score_distributed(data, model, out=out, **kw)
-        if res is None: return None  # not rank 0: rank 0 writes the merged file
-    else:
-        res = score(data, model, **kw)
-        save_rows(res, out)
-    errs = res["score_error"]; n_bad = sum(e is not None for e in errs)
-    print(f"scored {len(res):,} rows with {model} in {time.time() - t0:.1f}s -> {out}")
-    if n_bad: print(f"{n_bad:,} rows could not be scored (NaN scores, reason in `score_error`):\n{error_summary(errs)}")
-    return res

@@ -19,7 +19,7 @@ from .core import SmallselError, fingerprint, arrow_table, check_output
 # %% auto #0
 __all__ = ['FAMILIES', 'FRAMES', 'V2_FAMILIES', 'V2_FRAME', 'KINDS', 'V2_KINDS', 'V2_MIX', 'V2_HOME', 'REFUSAL_TEXTS',
            'REAL_KINDS', 'BENCHMARKS', 'make_noisy_instructions', 'make_noisy_instructions_v2', 'corrupt_rows',
-           'make_eval_split', 'extract_answer', 'exact_match', 'noisy_benchmark', 'cli_synth']
+           'make_eval_split', 'noisy_benchmark', 'cli_synth']
 
 # %% ../nbs/01a_synth.ipynb #4bd04390
 _S = np.dtypes.StringDType()
@@ -556,30 +556,6 @@ def make_eval_split(n:int, # number of rows
     c = _clean_columns(np.random.default_rng([seed, 1]), n, families, held_out=True)
     fp = fingerprint("smallsel.synth.eval", 1, n, families, seed)
     return _to_dataset(_cat(f"eval-{seed}-", _s(np.arange(n))), c, np.full(n, "clean"), fp)
-
-# %% ../nbs/01a_synth.ipynb #55eddfab
-_FRAME_RE = re.compile(r"^(?:the\s+(?:answer|result)\s+is\b|answer\s*:)\s*:?", re.I)  # v1 and v2 frames
-
-def extract_answer(text:str|None, # a response (model output or gold answer)
-                   task:str|None=None, # the row's family: strip only its frame (default: either frame)
-                  )->str: # the normalized answer ("" when there is none)
-    "The answer in `text`: first non-empty line, frame (`The answer is`, `The result is`, `Answer:`) dropped, stripped, one trailing period dropped, casefolded."
-    if task is not None and task not in FRAMES: raise SmallselError(f"unknown task {task!r}; choose from {', '.join(FAMILIES)}")
-    line = next((l for l in str(text or "").splitlines() if l.strip()), "").strip()
-    if task is None: line = _FRAME_RE.sub("", line, count=1)
-    elif line.casefold().startswith(FRAMES[task].casefold()): line = line[len(FRAMES[task]):]
-    line = line.strip()
-    return (line[:-1] if line.endswith(".") else line).strip().casefold()
-
-# %% ../nbs/01a_synth.ipynb #62c69283
-def exact_match(predictions, # model responses, one per row
-                answers, # gold answers (the `answer` column), same length
-               )->np.ndarray: # bool per row
-    "Whether each prediction's extracted answer equals the gold answer (rule above)."
-    predictions, answers = list(predictions), list(answers)
-    if len(predictions) != len(answers):
-        raise SmallselError(f"exact_match: {len(predictions)} predictions but {len(answers)} answers")
-    return np.array([extract_answer(p) == extract_answer(a) for p, a in zip(predictions, answers)], dtype=bool)
 
 # %% ../nbs/01a_synth.ipynb #f3f425ce
 BENCHMARKS = ("v1", "v2")

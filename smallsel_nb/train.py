@@ -10,56 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import torch
 from datasets import Dataset
-from fastcore.script import Param
 
-from .core import (SmallselError, row_error, get_device, set_seed, progress, fingerprint, table_fingerprint,
-                              matmul_params, train_flops, cuda_has_bf16, logger, tf32_matmul, atomic_write, check_output)
-from .data import tokenize_for_scoring
-from .synth import exact_match
-from .scoring import Ragged, arrow_table, pad_batch, scored_positions, head_nll, forward_nll, plan_batches, _body, _hf_quiet
+from .core import (SmallselError, get_device, progress, fingerprint, table_fingerprint, matmul_params, train_flops,
+                              cuda_has_bf16, logger, atomic_write, settings_with)
+from fastcore.meta import delegates
+from .lm import TokenRows, token_rows, pad_id_of, response_nll
+from .evaluate import Evaluator
 
 # %% auto #0
-__all__ = ['CKPT', 'LEGACY_CKPT', 'TokenRows', 'token_rows', 'schedule', 'padded_tokens', 'lr_at', 'response_nll', 'row_nll',
-           'eval_loss', 'generate', 'Evaluator', 'evaluate', 'save_checkpoint', 'load_checkpoint', 'TrainResult',
-           'process_device', 'ResponseLoss', 'master_fp32', 'check_train_settings', 'train_lm']
-
-# %% ../nbs/05_train.ipynb #f8c90025
-@dataclass
-class TokenRows:
-    "Tokenized rows for training or evaluation: token ids per row and the index of each row's first response token."
-    ids: Ragged # per row: prompt + response (+ EOS) token ids
-    start: np.ndarray # per row: index of the first response token
-    tokens: int # total tokens (prompt + response), what a forward pass over all rows reads
-    targets: int # total response tokens, what the loss averages over
-    def __len__(self): return len(self.start)
-    def seqs(self, idx:np.ndarray)->list: return [self.ids[i] for i in idx]
-
-def token_rows(ds:Dataset, # canonical rows: instruction, input, output
-               tokenizer, # fast tokenizer of the model
-               template:str="alpaca", # prompt template: alpaca, chat or none
-               max_length:int=512, # longest prompt + response (tokens); longer rows are truncated as in scoring
-               source:str="train", # name for error messages
-              )->TokenRows:
-    "Tokenize rows for training: the conditional view of `tokenize_for_scoring`, EOS after every response."
-    if len(ds) == 0: raise SmallselError(f"{source}: no rows to train or evaluate on (an empty selection?)")
-    if tokenizer.eos_token_id is None: raise SmallselError(f"{source}: the tokenizer has no EOS token; set tokenizer.eos_token so the model can learn where a response ends")
-    tv = tokenize_for_scoring(ds, tokenizer, template=template, max_length=max_length, add_eos=True, verbose=False)
-    t = arrow_table(tv)
-    err = t["tok_error"].to_numpy(zero_copy_only=False)
-    bad = np.flatnonzero(pd.notna(err))
-    if len(bad): raise row_error(f"rows that cannot be trained on ({err[bad[0]]})", bad, source)
-    cond, unc = Ragged(t["cond_ids"]), Ragged(t["uncond_ids"])
-    plain = cond.lengths == 0  # plain-text rows (no instruction): train on the text itself
-    if plain.any():
-        seqs = [unc[i] if p else cond[i] for i, p in enumerate(plain)]
-        ids = Ragged(pa.array(seqs, type=t["cond_ids"].type))
-        start = np.where(plain, t["uncond_start"].to_numpy(), t["resp_start"].to_numpy()).astype(np.int64)
-    else: ids, start = cond, t["resp_start"].to_numpy().astype(np.int64)
-    L = ids.lengths
-    return TokenRows(ids, start, int(L.sum()), int((L - start).sum()))
+__all__ = ['CKPT', 'LEGACY_CKPT', 'schedule', 'padded_tokens', 'lr_at', 'save_checkpoint', 'load_checkpoint', 'TrainResult',
+           'process_device', 'ResponseLoss', 'master_fp32', 'check_train_settings', 'TrainSettings', 'TrainPlan',
+           'plan_training', 'train_step', 'train_lm']
 
 # %% ../nbs/05_train.ipynb #d2402ef8
 def schedule(n:int, # rows in the training set
@@ -107,146 +70,6 @@ def lr_at(step:int, # optimizer step, 0-based
     if total - 1 <= warmup: return lr
     p = (step - warmup) / (total - 1 - warmup)
     return min_lr + 0.5 * (1 + math.cos(math.pi * p)) * (lr - min_lr)
-
-# %% ../nbs/05_train.ipynb #c035e457
-def _pad_id(tokenizer)->int:
-    "The id used for padding: the pad token, else EOS (padded positions are masked and never scored)."
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-def response_nll(model, # causal LM
-                 seqs:list, # token ids per row (prompt + response)
-                 starts:np.ndarray, # index of each row's first response token
-                 pad_id:int, # padding id
-                )->torch.Tensor: # [n response tokens] fp32 negative log-likelihoods
-    "Per-token loss on the response tokens of a right-padded batch (differentiable)."
-    dev = next(model.parameters()).device
-    ids, lens = pad_batch(seqs, pad_id)
-    rows, pos = scored_positions(np.asarray(starts), lens)
-    ids = torch.from_numpy(ids).to(dev)
-    with _hf_quiet():  # no padding mask (as in scoring): padding is on the right, the causal mask hides it from every real token
-        h = _body(model)(input_ids=ids).last_hidden_state
-    rows, pos = torch.from_numpy(rows).to(dev), torch.from_numpy(pos).to(dev)
-    return head_nll(model, h[rows, pos], ids[rows, pos + 1])
-
-# %% ../nbs/05_train.ipynb #7b4eaa7d
-@torch.no_grad()
-@tf32_matmul()  # fp32 work on a GPU may use TF32 tensor cores
-def row_nll(model, # causal LM
-            rows:TokenRows, # tokenized rows (`token_rows`)
-            pad_id:int, # padding id
-            batch_tokens:int=8192, # padded tokens per forward
-           )->np.ndarray: # float64 NLL summed over each row's response tokens
-    "Summed response-token NLL of every row, in length-sorted token-budget batches (eval mode)."
-    was = model.training; model.eval()
-    order, out = np.argsort(rows.ids.lengths, kind="stable"), np.zeros(len(rows))
-    for b in plan_batches(rows.ids.lengths[order], batch_tokens):
-        idx = order[b]
-        s, _ = forward_nll(model, rows.seqs(idx), rows.start[idx], pad_id=pad_id)
-        out[idx] = s.double().cpu().numpy()
-    model.train(was)
-    return out
-
-def eval_loss(model, # causal LM
-              rows:TokenRows, # tokenized eval rows (`token_rows`)
-              pad_id:int, # padding id
-              batch_tokens:int=8192, # padded tokens per forward
-             )->float: # mean NLL per response token
-    "Token-weighted mean loss on the response tokens of every eval row."
-    return float(row_nll(model, rows, pad_id, batch_tokens).sum() / rows.targets)
-
-# %% ../nbs/05_train.ipynb #fdc2c91c
-@torch.no_grad()
-@tf32_matmul()  # fp32 work on a GPU may use TF32 tensor cores
-def generate(model, # causal LM
-             tokenizer, # its tokenizer
-             prompts:list, # prompt token ids per row (BOS and template included)
-             max_new_tokens:int=32, # tokens to generate at most
-             batch_size:int=64, # prompts per `generate` call
-             temperature:float=0.0, # 0: greedy; > 0: sample from the model's distribution at this temperature (no top-k/top-p)
-             seed:int=0, # sampling seed (the global RNG is left as it was)
-             return_hit:bool=False, # also return, per prompt, whether it stopped at `max_new_tokens` without an end of sequence
-            )->list[str]: # the generated text per prompt (special tokens removed); with `return_hit`, (texts, hit flags)
-    "Greedy (or sampled) continuations of tokenized prompts, batched with left padding."
-    if not (temperature >= 0 and math.isfinite(temperature)): raise SmallselError(f"temperature must be >= 0, got {temperature}")
-    was = model.training; model.eval()
-    dev, pad, eos = next(model.parameters()).device, _pad_id(tokenizer), tokenizer.eos_token_id
-    order = np.argsort([len(p) for p in prompts], kind="stable")
-    out, hit = [None] * len(prompts), np.zeros(len(prompts), bool)
-    sample = dict(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
-            L = max(len(prompts[j]) for j in idx)
-            ids = torch.tensor([[pad] * (L - len(prompts[j])) + list(prompts[j]) for j in idx], device=dev)
-            mask = torch.tensor([[0] * (L - len(prompts[j])) + [1] * len(prompts[j]) for j in idx], device=dev)
-            with _hf_quiet():  # no advice about generation settings in every evaluation
-                gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                                     eos_token_id=eos, **sample)[:, L:].tolist()
-            for j, g in zip(idx, gen):
-                hit[j] = eos not in g
-                out[j] = tokenizer.decode(g[:g.index(eos)] if eos in g else g, skip_special_tokens=True)
-    model.train(was)
-    return (out, hit) if return_hit else out
-
-# %% ../nbs/05_train.ipynb #c049a9ec
-from .evaluate import generation_report
-
-def _answers(ds:Dataset)->tuple[np.ndarray, str|None]:
-    "Rows with a usable `answer`, and a note when exact match is skipped or partial."
-    if "answer" not in ds.column_names: return np.zeros(0, int), "exact match skipped: the eval rows have no `answer` column"
-    a = pd.Series(ds["answer"], dtype=object)
-    ok = np.flatnonzero(a.notna() & (a.astype(str).str.strip() != ""))
-    if len(ok) == 0: return ok, "exact match skipped: every `answer` in the eval rows is empty"
-    return ok, None if len(ok) == len(ds) else f"exact match on the {len(ok)} of {len(ds)} eval rows that have an answer"
-
-@dataclass
-class Evaluator:
-    "Everything evaluation needs, prepared once: tokenized eval rows, prompts and answers for generation metrics."
-    rows: TokenRows # tokenized eval rows
-    prompts: list # prompt ids of the rows with answers
-    answers: list # their gold answers
-    note: str|None # why exact match is skipped or partial (None: on every row)
-    max_new_tokens: int # generation limit
-    pad_id: int # padding id
-    frame: str|None = None # how a well-formed response starts (`evaluate.defect_kinds`); None: no format check
-    temperature: float|None = None # also measure sampled generations at this temperature (None: greedy only)
-    @classmethod
-    def make(cls, ds:Dataset, # clean eval rows (an `answer` column enables generation metrics)
-             tokenizer, template:str="alpaca", max_length:int=512,
-             max_new_tokens:int|None=None, # generation limit (default: twice the longest eval response + 4, room to show a loop)
-             frame:str|None=None, # how a well-formed response starts, e.g. "Answer:"
-             temperature:float|None=None, # also sample at this temperature
-            ):
-        rows = token_rows(ds, tokenizer, template, max_length, source="eval")
-        ok, note = _answers(ds)
-        prompts = [rows.ids[i][:rows.start[i]] for i in ok]
-        longest = int((rows.ids.lengths - rows.start).max())
-        answers = pd.Series(ds["answer"], dtype=object).iloc[ok].tolist() if len(ok) else []
-        return cls(rows, prompts, answers, note, max_new_tokens or 2 * longest + 4, _pad_id(tokenizer), frame, temperature)
-
-    def __call__(self, model, tokenizer, exact:bool=True, # also generate: exact match and defect rates
-                 batch_size:int=64)->dict:
-        "Eval loss (always); exact match, wrong and defect rates of greedy (and sampled) generations when `exact` and the rows have answers."
-        out = {"eval_loss": eval_loss(model, self.rows, self.pad_id)}
-        if exact and self.prompts:
-            texts, hit = generate(model, tokenizer, self.prompts, self.max_new_tokens, batch_size, return_hit=True)
-            out.update(generation_report(texts, self.answers, self.frame, hit))
-            if self.temperature:
-                texts, hit = generate(model, tokenizer, self.prompts, self.max_new_tokens, batch_size, self.temperature, return_hit=True)
-                out.update(generation_report(texts, self.answers, self.frame, hit, prefix="sampled_"))
-        return out
-
-def evaluate(model, # causal LM
-             tokenizer, # its tokenizer
-             ds:Dataset, # clean eval rows; an `answer` column enables exact match
-             template:str="alpaca", # the template the model was trained with
-             max_length:int=512, # longest prompt + response (tokens)
-             exact:bool=True, # run greedy generation for exact match
-            )->dict: # eval_loss, exact_match (when computed), note (when exact match is skipped or partial)
-    "Clean eval loss and exact match of `model` on `ds`."
-    ev = Evaluator.make(ds, tokenizer, template, max_length)
-    return {**ev(model, tokenizer, exact), **({"note": ev.note} if ev.note else {})}
 
 # %% ../nbs/05_train.ipynb #6d8998e5
 CKPT, LEGACY_CKPT = "state.json", "checkpoint.pt"
@@ -449,115 +272,166 @@ def check_train_settings(lr:float=1e-3, # peak learning rate: finite and > 0
     if min_lr is not None and bad(min_lr, 0, False): raise SmallselError(f"min_lr={min_lr} must be a finite number >= 0")
     if bad(warmup, 0, False): raise SmallselError(f"warmup={warmup} must be a finite number >= 0")
 
-# %% ../nbs/05_train.ipynb #d8088469
+# %% ../nbs/05_train.ipynb #fa85e310
+@dataclass
+class TrainSettings:
+    "The recipe `train_lm` follows (validated when made); where a run happens (device, folders) is not part of it."
+    epochs:float=1.0 # passes over the training rows (fractional allowed)
+    max_steps:int|None=None # a fixed number of optimizer steps instead of `epochs`
+    batch_size:int=32 # rows per micro-batch
+    grad_accum:int=1 # micro-batches per optimizer step
+    lr:float=1e-3 # peak learning rate
+    min_lr:float|None=None # learning rate at the end of the cosine (default lr / 10)
+    warmup:float=0.05 # warmup: a fraction of the steps (< 1) or a number of steps
+    weight_decay:float=0.1 # AdamW weight decay on weight matrices
+    betas:tuple=(0.9, 0.95) # AdamW betas
+    grad_clip:float=1.0 # clip the gradient norm to this (0: no clipping)
+    group_by_length:int=1 # > 1: batch rows of similar length, windows of this many steps (less padding, slower learning per token)
+    template:str="alpaca" # prompt template: alpaca, chat or none
+    max_length:int=512 # longest prompt + response in tokens (rows are truncated as in scoring)
+    eval_every:int|None=None # evaluate every this many steps (default: 5 times per run; 0: only at the end)
+    exact_every:bool=False # exact match at every evaluation (default: only at the end)
+    eval_start:bool=True # also evaluate before the first step (the start of the learning curve)
+    checkpoint_every:int|None=None # steps between checkpoints (default: at every evaluation)
+    seed:int=0 # seed of the row order
+    precision:str="auto" # forward under: auto (bf16 autocast on a GPU with native bf16, else fp32), fp32 or bf16
+    def __post_init__(self): check_train_settings(self.lr, self.epochs, self.max_steps, self.min_lr, self.warmup)
+
+# %% ../nbs/05_train.ipynb #8f1ad70f
+@dataclass
+class TrainPlan:
+    "Every optimizer step's rows and what they cost, fixed before the first step (a resumed run reads the same)."
+    steps:list # per step: its micro-batches (row indices)
+    cum_rows:np.ndarray # rows read after k steps
+    cum_tokens:np.ndarray # tokens (prompt + response) read after k steps
+    n_targets:list # response tokens per step
+    warm:int # warmup steps
+    min_lr:float # learning rate at the end of the cosine
+    eval_every:int # steps between evaluations
+    ckpt_every:int # steps between checkpoints
+    @property
+    def total(self)->int: return len(self.steps)
+    def key(self, s:TrainSettings)->dict:
+        "What a checkpoint must match to be resumed (the settings that change which steps run and how)."
+        return dict(template=s.template, max_length=s.max_length, batch_size=s.batch_size, grad_accum=s.grad_accum,
+                    epochs=s.epochs, max_steps=s.max_steps, lr=s.lr, min_lr=self.min_lr, warmup=self.warm,
+                    weight_decay=s.weight_decay, betas=list(s.betas), grad_clip=s.grad_clip, group=s.group_by_length, seed=s.seed, v=1)
+
+def plan_training(rows:TokenRows, # tokenized training rows (`lm.token_rows`)
+                  s:TrainSettings, # the recipe
+                 )->TrainPlan:
+    "The run's steps and their running totals of rows, tokens and response tokens."
+    steps = schedule(len(rows), s.batch_size, s.grad_accum, s.epochs, s.max_steps, s.seed, rows.ids.lengths, s.group_by_length)
+    step_rows = [np.concatenate(st) for st in steps]
+    L = rows.ids.lengths; resp = L - rows.start
+    total = len(steps)
+    eval_every = max(1, total // 5) if s.eval_every is None else (s.eval_every or total)
+    return TrainPlan(steps, np.cumsum([0] + [len(r) for r in step_rows]), np.cumsum([0] + [int(L[r].sum()) for r in step_rows]),
+                     [int(resp[r].sum()) for r in step_rows], int(s.warmup * total) if s.warmup < 1 else int(s.warmup),
+                     s.lr / 10 if s.min_lr is None else s.min_lr, eval_every, s.checkpoint_every or eval_every)
+
+# %% ../nbs/05_train.ipynb #3b330d38
+def train_step(loss_fn, # `ResponseLoss` (or DDP around it)
+               rows:TokenRows, # tokenized training rows
+               micro_batches:list, # this step's micro-batches (row indices)
+               n_targets:int, # response tokens in the whole step
+               pad:int, # padding id
+               dist, # the process group helper (`_Dist`): this process's share, gradient sync
+               precision:str="auto", # forward under: auto, fp32 or bf16
+               grad_clip:float=1.0, # clip the gradient norm to this (0: no clipping)
+              )->tuple[float, float]: # (step loss, gradient norm before clipping)
+    "Forward and backward over the step's micro-batches (gradients accumulate), then clip; the optimizer is not stepped."
+    dev = dist.device
+    step_loss = torch.zeros((), device=dev)
+    for i, micro in enumerate(micro_batches):
+        mine, w = dist.share(micro)                                             # this process's rows (all of them in one process)
+        with dist.sync(loss_fn, last=i + 1 == len(micro_batches)):
+            with _autocast(dev, precision):
+                nll = loss_fn(rows.seqs(mine), rows.start[mine], pad)           # forward: loss on response tokens
+            loss = nll.sum() * w / n_targets                                    # mean over the step's response tokens
+            loss.backward()                                                     # backward (gradients accumulate)
+        step_loss += loss.detach()
+    step_loss = dist.total(step_loss)
+    params = [p for p in loss_fn.parameters()]
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    return step_loss.item(), norm.item()                                        # one host sync per step
+
+# %% ../nbs/05_train.ipynb #f62fc4c0
+@dataclass
+class _Curve:
+    "The learning curve of a run and the state needed to resume it."
+    ev:Evaluator|None; evaluates:bool; dist:object; plan:TrainPlan; s:TrainSettings; n_rows:int; n_params:int; log:bool
+    t0:float = field(default_factory=time.time)
+    history:list = field(default_factory=list)
+    run:dict = field(default_factory=lambda: {"loss_sum": 0.0, "loss_n": 0, "eval_s": 0.0})  # loss since the last evaluation, eval time
+    def resume(self, ck:dict|None, model, opt)->int:
+        "Restore model, optimizer and curve from checkpoint `ck`; the step to start from (the last one when it was done)."
+        if ck is None: return 0
+        model.load_state_dict(ck["model"]); opt.load_state_dict(ck["opt"])
+        self.history = ck["history"]; self.run.update(ck.get("run", {}), eval_s=0.0)
+        return self.plan.total if ck.get("done") else ck["step"]
+    def add_loss(self, loss:float, n:int): self.run["loss_sum"] += loss * n; self.run["loss_n"] += n
+    def record(self, model, tokenizer, step:int, final:bool=False):
+        "Evaluate (when there is an eval set) and append the point of `step`."
+        te, p, s, run = time.time(), self.plan, self.s, self.run
+        res = self.ev(model, tokenizer, exact=final or s.exact_every) if self.ev is not None else {}
+        res = self.dist.from_main(res) if self.evaluates else res   # one broadcast per evaluation, none per step
+        model.train(); run["eval_s"] += time.time() - te
+        self.history.append(dict(step=step, epoch=round(p.cum_rows[step] / self.n_rows, 4), tokens=int(p.cum_tokens[step]),
+                                 flops=train_flops(self.n_params, int(p.cum_tokens[step])), lr=lr_at(max(step - 1, 0), p.total, s.lr, p.warm, p.min_lr),
+                                 train_loss=run["loss_sum"] / run["loss_n"] if run["loss_n"] else None, **res,
+                                 seconds=round(time.time() - self.t0, 2)))
+        run.update(loss_sum=0.0, loss_n=0)
+        if self.log and self.dist.main: print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.history[-1].items() if v is not None))
+
+# %% ../nbs/05_train.ipynb #2c5f2789
+@delegates(TrainSettings)
 def train_lm(model, # causal LM (`make_lm`, `load_lm`); trained in place
              tokenizer, # its tokenizer (no pad token needed)
              train:Dataset, # rows to train on: instruction, input, output
              eval:Dataset|Evaluator|None=None, # clean held-out rows (an `answer` column adds generation metrics), or an `Evaluator`
-             epochs:float=1.0, # passes over `train` (fractional allowed)
-             max_steps:int|None=None, # a fixed number of optimizer steps instead of `epochs`
-             batch_size:int=32, # rows per micro-batch
-             grad_accum:int=1, # micro-batches per optimizer step
-             lr:float=1e-3, # peak learning rate
-             min_lr:float|None=None, # learning rate at the end of the cosine (default lr / 10)
-             warmup:float=0.05, # warmup: a fraction of the steps (< 1) or a number of steps
-             weight_decay:float=0.1, # AdamW weight decay on weight matrices
-             betas:tuple=(0.9, 0.95), # AdamW betas
-             grad_clip:float=1.0, # clip the gradient norm to this (0: no clipping)
-             group_by_length:int=1, # > 1: batch rows of similar length, windows of this many steps (less padding, slower learning per token)
-             template:str="alpaca", # prompt template: alpaca, chat or none
-             max_length:int=512, # longest prompt + response in tokens (rows are truncated as in scoring)
-             eval_every:int|None=None, # evaluate every this many steps (default: 5 times per run; 0: only at the end)
-             exact_every:bool=False, # exact match at every evaluation (default: only at the end)
-             eval_start:bool=True, # also evaluate before the first step (the start of the learning curve)
+             settings:TrainSettings|None=None, # the recipe; keyword arguments with its field names override it
              checkpoint_dir:str|Path|None=None, # save checkpoints here and resume from the one there
-             checkpoint_every:int|None=None, # steps between checkpoints (default: at every evaluation)
              resume:bool=True, # resume from `checkpoint_dir` when it holds this run's checkpoint
-             seed:int=0, # seed of the row order
              device:str="auto", # where to train: auto, cpu, cuda, cuda:1, mps (several processes: each its own GPU)
-             precision:str="auto", # forward under: auto (bf16 autocast on a GPU with native bf16, else fp32), fp32 or bf16
              desc:str="train", # progress bar label
              log:bool=False, # print one line per evaluation
-            )->TrainResult:
+             **kwargs)->TrainResult:
     "Fine-tune (or train from scratch) a causal LM on the responses of `train`; evaluate on `eval`."
-    # --- set-up: rows, schedule, optimizer, checkpoint ---
-    check_train_settings(lr, epochs, max_steps, min_lr, warmup)
+    s = settings_with(TrainSettings, settings, kwargs, "train_lm")
     dist = _Dist(device); dev = dist.device
     model.to(dev); master_fp32(model)                                          # weights and AdamW state in fp32
-    rows = token_rows(train, tokenizer, template, max_length, source="train")
+    rows = token_rows(train, tokenizer, s.template, s.max_length, source="train")
     evaluates = eval is not None  # with several processes only the main one evaluates and generates; the others receive its results
-    ev = None if not (evaluates and dist.main) else eval if isinstance(eval, Evaluator) else Evaluator.make(eval, tokenizer, template, max_length)
-    steps = schedule(len(rows), batch_size, grad_accum, epochs, max_steps, seed, rows.ids.lengths, group_by_length)
-    total, pad, n_params = len(steps), _pad_id(tokenizer), matmul_params(model)
-    step_rows = [np.concatenate(st) for st in steps]
-    L = rows.ids.lengths; resp = L - rows.start
-    cum_rows = np.cumsum([0] + [len(r) for r in step_rows])                                # rows read after k steps
-    cum_tokens = np.cumsum([0] + [int(L[r].sum()) for r in step_rows])                     # tokens read after k steps
-    n_targets = [int(resp[r].sum()) for r in step_rows]                                    # response tokens per step
-    warm = int(warmup * total) if warmup < 1 else int(warmup)
-    min_lr = lr / 10 if min_lr is None else min_lr
-    eval_every = max(1, total // 5) if eval_every is None else (eval_every or total)
-    ckpt_every = checkpoint_every or eval_every
-    settings = dict(template=template, max_length=max_length, batch_size=batch_size, grad_accum=grad_accum, epochs=epochs,
-                    max_steps=max_steps, lr=lr, min_lr=min_lr, warmup=warm, weight_decay=weight_decay, betas=list(betas),
-                    grad_clip=grad_clip, group=group_by_length, seed=seed, v=1)
-    key = _run_key(train, model, settings) if checkpoint_dir else None
-    opt = _optimizer(model, lr, weight_decay, betas, dev)
-    start, history, run = 0, [], {"loss_sum": 0.0, "loss_n": 0, "eval_s": 0.0}  # `run`: loss since the last evaluation, eval time
-    ck = load_checkpoint(checkpoint_dir, key) if checkpoint_dir and resume else None
-    if ck is not None:
-        model.load_state_dict(ck["model"]); opt.load_state_dict(ck["opt"])
-        start, history = ck["step"], ck["history"]
-        run.update(ck.get("run", {}), eval_s=0.0)
-    t0 = time.time()
-
-    def record(step, final=False):
-        te = time.time()
-        res = ev(model, tokenizer, exact=final or exact_every) if ev is not None else {}
-        res = dist.from_main(res) if evaluates else res   # one broadcast per evaluation, none per step
-        model.train(); run["eval_s"] += time.time() - te
-        history.append(dict(step=step, epoch=round(cum_rows[step] / len(rows), 4), tokens=int(cum_tokens[step]),
-                            flops=train_flops(n_params, int(cum_tokens[step])), lr=lr_at(max(step - 1, 0), total, lr, warm, min_lr),
-                            train_loss=run["loss_sum"] / run["loss_n"] if run["loss_n"] else None, **res,
-                            seconds=round(time.time() - t0, 2)))
-        run.update(loss_sum=0.0, loss_n=0)
-        if log and dist.main: print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in history[-1].items() if v is not None))
-
+    ev = None if not (evaluates and dist.main) else eval if isinstance(eval, Evaluator) else Evaluator.make(eval, tokenizer, s.template, s.max_length)
+    plan, pad, n_params = plan_training(rows, s), pad_id_of(tokenizer), matmul_params(model)
+    key = _run_key(train, model, plan.key(s)) if checkpoint_dir else None
+    opt = _optimizer(model, s.lr, s.weight_decay, s.betas, dev)
+    curve = _Curve(ev, evaluates, dist, plan, s, len(rows), n_params, log)
+    start = first = curve.resume(load_checkpoint(checkpoint_dir, key) if checkpoint_dir and resume else None, model, opt)
     model.train()
     loss_fn = dist.wrap(ResponseLoss(model))  # one process: the loss itself; several: DistributedDataParallel around it
-    if ck is not None and ck.get("done"): start = total
-    elif start == 0 and eval_start and evaluates: record(0)
+    if start == 0 and s.eval_start and evaluates: curve.record(model, tokenizer, 0)
     # --- the training loop ---
-    bar = progress(total=total, initial=start, desc=desc, unit="step", **({} if dist.main else {"disable": True}))
-    for step in range(start, total):
-        lr_now = lr_at(step, total, lr, warm, min_lr)
+    bar = progress(total=plan.total, initial=start, desc=desc, unit="step", **({} if dist.main else {"disable": True}))
+    for step in range(start, plan.total):
+        lr_now = lr_at(step, plan.total, s.lr, plan.warm, plan.min_lr)
         for g in opt.param_groups: g["lr"] = lr_now
-        step_loss = torch.zeros((), device=dev)
-        for i, micro in enumerate(steps[step]):
-            mine, w = dist.share(micro)                                             # this process's rows (all of them in one process)
-            with dist.sync(loss_fn, last=i + 1 == len(steps[step])):
-                with _autocast(dev, precision):
-                    nll = loss_fn(rows.seqs(mine), rows.start[mine], pad)           # forward: loss on response tokens
-                loss = nll.sum() * w / n_targets[step]                              # mean over the step's response tokens
-                loss.backward()                                                     # backward (gradients accumulate)
-            step_loss += loss.detach()
-        step_loss = dist.total(step_loss)
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
-        loss_val, norm_val = step_loss.item(), norm.item()                          # one host sync per step
-        if not (math.isfinite(loss_val) and math.isfinite(norm_val)):
-            raise SmallselError(f"training stopped at step {step + 1} of {total}: the loss is {loss_val:.4g} and the "
-                                f"gradient norm {norm_val:.4g} (not finite). The weights are from before this step. Lower "
+        loss, norm = train_step(loss_fn, rows, plan.steps[step], plan.n_targets[step], pad, dist, s.precision, s.grad_clip)
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            raise SmallselError(f"training stopped at step {step + 1} of {plan.total}: the loss is {loss:.4g} and the "
+                                f"gradient norm {norm:.4g} (not finite). The weights are from before this step. Lower "
                                 f"lr (now {lr_now:.3g}), check the data, or use precision='fp32'"
                                 + (f"; the last checkpoint in {checkpoint_dir} is unaffected" if checkpoint_dir else ""))
         opt.step(); opt.zero_grad(set_to_none=True)                                 # update
-        run["loss_sum"] += loss_val * n_targets[step]; run["loss_n"] += n_targets[step]
-        bar.update(1); bar.set_postfix(loss=f"{loss_val:.3f}", refresh=False)
-        done = step + 1 == total
-        if done or (step + 1) % eval_every == 0: record(step + 1, final=done)
-        if checkpoint_dir and dist.main and (done or (step + 1) % ckpt_every == 0):
-            save_checkpoint(checkpoint_dir, model, opt, step + 1, key, history, run, done=done)
+        curve.add_loss(loss, plan.n_targets[step])
+        bar.update(1); bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        done = step + 1 == plan.total
+        if done or (step + 1) % plan.eval_every == 0: curve.record(model, tokenizer, step + 1, final=done)
+        if checkpoint_dir and dist.main and (done or (step + 1) % plan.ckpt_every == 0):
+            save_checkpoint(checkpoint_dir, model, opt, step + 1, key, curve.history, curve.run, done=done)
     bar.close()
     notes = dist.from_main([ev.note] if ev is not None and ev.note else [])  # also a barrier: the main process has written its last checkpoint
-    model.eval()
-    return TrainResult(history, total, len(rows), int(cum_tokens[-1]), train_flops(n_params, int(cum_tokens[-1])), n_params,
-                       round(time.time() - t0, 2), round(run["eval_s"], 2), start, notes)
+    model.eval(); tokens = int(plan.cum_tokens[-1])
+    return TrainResult(curve.history, plan.total, len(rows), tokens, train_flops(n_params, tokens), n_params,
+                       round(time.time() - curve.t0, 2), round(curve.run["eval_s"], 2), first, notes)

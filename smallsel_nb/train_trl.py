@@ -15,7 +15,8 @@ from transformers import TrainerCallback
 from .core import SmallselError, fingerprint, table_fingerprint, matmul_params, train_flops, atomic_write, check_output
 from .data import get_template
 from .models import PRESETS, weights_fingerprint
-from .train import Evaluator, TrainResult, train_lm
+from .evaluate import Evaluator
+from .train import TrainResult, train_lm
 
 # %% auto #0
 __all__ = ['TRL_EXTRA', 'LR_DEFAULTS', 'require_trl', 'from_scratch', 'pick_backend', 'default_lr', 'sft_dataset', 'linear_names',

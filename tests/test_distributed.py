@@ -4,7 +4,8 @@ from pathlib import Path
 import numpy as np, pyarrow as pa, pyarrow.parquet as pq, pytest
 from smallsel_nb.core import SmallselError
 from smallsel_nb.synth import make_noisy_instructions
-from smallsel_nb.scoring import cli_score, score
+from smallsel_nb.distributed import cli_score
+from smallsel_nb.scoring import score
 from smallsel_nb.distributed import (chunk_source, key_mismatch, rank_shards, score_distributed, score_stream,
                                      init_ranks, Ranks, check_shared_folder)
 

@@ -5,7 +5,8 @@ import numpy as np, pytest
 from smallsel_nb.core import SmallselError
 from smallsel_nb.synth import make_noisy_instructions
 from smallsel_nb.models import make_lm
-from smallsel_nb.scoring import score, score_per_row, cli_score
+from smallsel_nb.scoring import score, score_per_row
+from smallsel_nb.distributed import cli_score
 from smallsel_nb.data import tokenize_for_scoring
 
 SCRIPT = textwrap.dedent("""
@@ -147,7 +148,7 @@ def test_oom_lowers_the_budget_for_the_rest_of_the_run(monkeypatch):
 def test_head_nll_chunks_are_checkpointed_under_autograd():
     "Small chunks under autograd (checkpointed) give the same losses and gradients as one chunk."
     import torch
-    from smallsel_nb.scoring import head_nll, head_chunk_bytes
+    from smallsel_nb.lm import head_nll, head_chunk_bytes
     assert head_chunk_bytes(torch.device("cuda")) == 2**30 and head_chunk_bytes(torch.device("cpu")) == 2**27
     model, _ = make_lm("tiny", seed=0); model.train()
     V = model.get_output_embeddings().weight.shape[0]
@@ -162,9 +163,9 @@ def test_head_nll_chunks_are_checkpointed_under_autograd():
 def test_forward_nll_passes_position_ids_only_after_a_prefix(monkeypatch):
     "Without a prefix no position ids (transformers then skips a packed-sequence check that syncs with the GPU); with one, they continue it."
     import functools, torch
-    from smallsel_nb.scoring import forward_nll, prefix_kv, _body, device_ints
+    from smallsel_nb.lm import forward_nll, prefix_kv, lm_body, device_ints
     m, _ = make_lm("tiny-llama", seed=0)
-    body, seen = _body(m), []
+    body, seen = lm_body(m), []
     real = body.forward
     monkeypatch.setattr(body, "forward", functools.wraps(real)(lambda *a, **k: seen.append(k) or real(*a, **k)))
     seqs, starts = [[1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 9]], np.array([5, 3])

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from smallsel_nb.core import SmallselError, table_fingerprint
-from smallsel_nb.synth import (FAMILIES, FRAMES, KINDS, REAL_KINDS, cli_synth, corrupt_rows, exact_match, extract_answer,
-                               make_eval_split, make_noisy_instructions, noisy_benchmark)
+from smallsel_nb.synth import FAMILIES, FRAMES, KINDS, REAL_KINDS, cli_synth, corrupt_rows, make_eval_split, make_noisy_instructions, noisy_benchmark
+from smallsel_nb.evaluate import exact_match, extract_answer
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,9 @@ import torch
 from smallsel_nb.core import SmallselError
 from smallsel_nb.models import make_lm
 from smallsel_nb.synth import make_noisy_instructions, make_eval_split
-from smallsel_nb.train import train_lm, token_rows, schedule, evaluate
+from smallsel_nb.train import train_lm, schedule
+from smallsel_nb.lm import token_rows
+from smallsel_nb.evaluate import evaluate
 from smallsel_nb.train_trl import cli_finetune
 
 KW = dict(max_steps=40, batch_size=8, template="none", eval_every=10, eval_start=False, checkpoint_every=2)
@@ -125,7 +127,7 @@ def test_cli_finetune(tmp_path, capsys):
 DDP = """
 import json, os, sys, torch
 torch.set_num_threads(1)
-import smallsel_nb.train as T
+import smallsel_nb.evaluate as T
 from smallsel_nb.models import make_lm
 from smallsel_nb.synth import make_noisy_instructions, make_eval_split
 from smallsel_nb.train import train_lm

