@@ -14,7 +14,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .core import SmallselError, row_error, atomic_write, check_output
+from .core import SmallselError, row_error, atomic_write, check_output, unique_names
+from .io import read_scored, write_rows, check_rows_out
 
 # %% auto #0
 __all__ = ['IFD_REASON', 'REFUSALS', 'SELECTORS', 'RECIPES', 'EXPORT_FORMATS', 'STRATEGIES', 'NOISE', 'Columns', 'Verdict',
@@ -24,8 +25,7 @@ __all__ = ['IFD_REASON', 'REFUSALS', 'SELECTORS', 'RECIPES', 'EXPORT_FORMATS', '
            'shingles', 'row_hashes', 'first_of_group', 'ExactDedup', 'minhash_signatures', 'near_duplicate_of',
            'NearDedup', 'Empty', 'Length', 'Refusal', 'Ending', 'Repetition', 'NonAlpha', 'Echo', 'dedup_steps',
            'heuristic_steps', 'default_recipe', 'heuristics_recipe', 'cherry_recipe', 'random_recipe', 'export_table',
-           'read_scored', 'write_rows', 'strategy_pipeline', 'stratify_budget', 'cli_select', 'noise_removal',
-           'removal_table']
+           'strategy_pipeline', 'stratify_budget', 'cli_select', 'noise_removal', 'removal_table']
 
 # %% ../nbs/04_select.ipynb #fdf862c7
 def _is_dataset(data)->bool: return hasattr(data, "data") and hasattr(data, "column_names") and hasattr(data, "_indices")
@@ -370,7 +370,7 @@ class Pipeline:
         self._check(cols)
         n0 = cols.n
         steps = ([Unscored(self.score_columns())] if self.nan == "drop" and self.score_columns() else []) + self.steps
-        names = _unique_names([s.name for s in steps])
+        names = unique_names([s.name for s in steps])
         step_of, why, ref = np.full(n0, -1, np.int16), np.full(n0, -1, np.int32), np.full(n0, -1, np.int64)
         labels, report, notes, idx = [], [], [], np.arange(n0)
         for i, (step, name) in enumerate(zip(steps, names)):
@@ -398,13 +398,6 @@ class Pipeline:
 
     def describe(self)->list[dict]: return [s.describe() for s in self.steps]
     def __repr__(self): return f"Pipeline({self.name!r}: " + " → ".join(s.name for s in self.steps) + f", nan={self.nan!r})"
-
-def _unique_names(names):
-    seen, out = {}, []
-    for n in names:
-        seen[n] = seen.get(n, 0) + 1
-        out.append(n if seen[n] == 1 else f"{n}#{seen[n]}")
-    return out
 
 # %% ../nbs/04_select.ipynb #21c38ba0
 def _order(x:np.ndarray, # scores
@@ -1109,29 +1102,6 @@ def export_table(tbl:pa.Table, # canonical rows (instruction, input, output), an
 # %% ../nbs/04_select.ipynb #b7b99287
 STRATEGIES = ("top", "bottom", "band", "threshold", "cluster", "kcenter", "random")
 
-def read_scored(path:str|Path, # a .parquet or .jsonl file of scored rows
-               )->pa.Table:
-    "Read a scored file (as written by `smallsel score`) into Arrow; an unreadable file or line is named."
-    from smallsel_nb.data import read_source
-    p = Path(path)
-    if p.suffix not in (".parquet", ".jsonl", ".json"): raise SmallselError(f"{p}: unknown file type {p.suffix!r}; use .parquet or .jsonl")
-    raw = read_source(p)
-    if raw.bad: raise row_error(raw.bad[min(raw.bad)], sorted(raw.bad), str(p))
-    if raw.table.num_rows == 0: raise SmallselError(f"{p}: no rows (the file is empty)")
-    return raw.table
-
-def write_rows(tbl:pa.Table, # rows to write
-               path:str|Path, # .parquet or .jsonl
-              ):
-    "Write rows as .parquet or .jsonl, by the extension."
-    p = Path(path)
-    if p.suffix not in (".parquet", ".jsonl", ".json"): raise SmallselError(f"{p}: unknown output type {p.suffix!r}; use .parquet or .jsonl")
-    with atomic_write(p) as tmp:
-        if p.suffix == ".parquet":
-            import pyarrow.parquet as pq
-            pq.write_table(tbl, tmp)
-        else: tbl.to_pandas().to_json(tmp, orient="records", lines=True, force_ascii=False)
-
 def _load_npy(path:str, flag:str)->np.ndarray:
     "A numeric .npy array (never a pickle), or a `SmallselError` naming the option."
     try: return np.load(path, allow_pickle=False)
@@ -1196,7 +1166,7 @@ def cli_select(scores:str, # scored rows: a .parquet or .jsonl file as written b
     "Select rows from a scored file: a strategy on one score, or a recipe; write the kept rows and a report."
     if nan not in _NAN: raise SmallselError(f"nan={nan!r}: choose one of {', '.join(_NAN)}")
     if format not in EXPORT_FORMATS: raise SmallselError(f"format={format!r}: choose one of {', '.join(EXPORT_FORMATS)}")
-    if out is not None: check_output(out, (".parquet", ".jsonl"), "--out")  # before any work: a bad path fails at once
+    if out is not None: check_rows_out(out)  # before any work: a bad path fails at once
     if report is not None: check_output(report, (".json",), "--report")
     tbl = read_scored(scores)
     if emb is not None and str(emb).endswith(".npy"): emb = _load_npy(emb, "--emb")
