@@ -11,7 +11,7 @@ from datasets import Dataset
 
 from .core import SmallselError
 from .synth import exact_match
-from .select import Refusal, Repetition, NonAlpha
+from .heuristics import Refusal, Repetition, NonAlpha
 
 # %% auto #0
 __all__ = ['DEFECTS', 'BEHAVIOUR_DEFECTS', 'defect_kinds', 'generation_report']
