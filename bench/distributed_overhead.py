@@ -25,14 +25,15 @@ def main():
     if not torch.cuda.is_available() and not a.cpu: sys.exit("no CUDA GPU visible: this benchmark measures GPU overhead (--cpu to try it anyway)")
     os.environ.setdefault("SMALLSEL_PROGRESS", "0")
     from smallsel_nb.synth import make_noisy_instructions
-    from smallsel_nb.scoring import _resolve_model, prepare_scoring, attach_scores, score
+    from smallsel_nb.lm import as_lm
+    from smallsel_nb.scoring import prepare_scoring, attach_scores, score
     from smallsel_nb.distributed import score_distributed
     from smallsel_nb.data import save_rows
     dev = "cpu" if a.cpu else "cuda"
     tmp = Path(tempfile.mkdtemp()); data = tmp/"pool.parquet"
     make_noisy_instructions(a.rows, seed=0).to_parquet(data)
     kw = dict(template=a.template, max_length=a.max_length, device=dev)
-    pair = _resolve_model(a.model, "auto", dev)[:2]
+    pair = as_lm(a.model, "auto", dev)[:2]
     job = prepare_scoring(str(data), pair, cache_dir=False, verbose=False, **kw)
     ntok = int(sum(len(c) + len(u) for c, u in zip(job.tok["cond_ids"], job.tok["uncond_ids"])))
     score(make_noisy_instructions(512, seed=1), pair, cache_dir=False, **kw)  # warm-up (CUDA init, kernels)

@@ -26,9 +26,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from smallsel_nb.select import (Band, ClusterBalanced, Echo, Empty, ExactDedup, IFDRule, KCenter, Length, NearDedup,
-                                NonAlpha, Percentile, Random, Refusal, Repetition, Stratified, Threshold, Top, Bottom,
-                                RECIPES)
+from smallsel_nb.select import Band, IFDRule, Percentile, Random, Threshold, Top, Bottom
+from smallsel_nb.dedup import ExactDedup, NearDedup
+from smallsel_nb.heuristics import Echo, Empty, Length, NonAlpha, Refusal, Repetition
+from smallsel_nb.diversity import ClusterBalanced, KCenter, Stratified
+from smallsel_nb.recipes import RECIPES
 
 
 def fake_words(rng, n_words, vocab):

@@ -20,10 +20,11 @@ def rss_mb()->float:
 def child(mode, data, chunk_rows):
     import torch; torch.set_num_threads(1)
     os.environ["SMALLSEL_PROGRESS"] = "0"
-    from smallsel_nb.scoring import _resolve_model, prepare_scoring, score
+    from smallsel_nb.lm import as_lm
+    from smallsel_nb.scoring import prepare_scoring, score
     from smallsel_nb.distributed import score_stream, shard_plan
     from smallsel_nb.data import save_rows
-    m, tok, _ = _resolve_model("tiny", "float32", "cpu")
+    m, tok, _ = as_lm("tiny", "float32", "cpu")
     kw = dict(template="none", max_length=48, dtype="float32", device="cpu")
     base, t0, tmp = rss_mb(), time.time(), Path(tempfile.mkdtemp())
     try:

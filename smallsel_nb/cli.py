@@ -19,7 +19,7 @@ COMMANDS = {  # subcommand: (module, function, one-line help)
     "convert":("smallsel_nb.data",    "cli_convert","load any supported dataset, check it, write canonical rows"),
     "models": ("smallsel_nb.models",  "cli_models", "list offline model aliases and presets, or prepare one"),
     "score":  ("smallsel_nb.distributed", "cli_score",  "score every row with a causal LM (loss, perplexity, IFD)"),
-    "select": ("smallsel_nb.select",  "cli_select", "keep a subset of scored rows (strategies, recipes, report)"),
+    "select": ("smallsel_nb.recipes", "cli_select", "keep a subset of scored rows (strategies, recipes, report)"),
     "score-stream": ("smallsel_nb.distributed", "cli_score_stream", "score a file too big for memory, chunk by chunk"),
     "ensemble": ("smallsel_nb.ensemble", "cli_ensemble", "combine several small models' scores (z-score, rank, Borda, veto)"),
     "finetune": ("smallsel_nb.train_trl", "cli_finetune", "fine-tune a model on (selected) rows: loss on responses only"),

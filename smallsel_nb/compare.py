@@ -20,7 +20,8 @@ from .data import tokenize_for_scoring
 from .models import make_lm, load_lm, resolve_model
 from .scoring import score, arrow_table
 from .lm import Ragged
-from .select import Pipeline, Step, Selection, RECIPES, Random
+from .select import Pipeline, Step, Selection, Random
+from .recipes import RECIPES
 from .train import train_lm, TrainResult, process_device
 from .evaluate import Evaluator
 from .train_trl import fit
@@ -389,7 +390,10 @@ def demo_selection(budget:float, # fraction of the pool to keep
                    by:str="cond_loss", # v2: the score column whose lowest rows are kept
                   )->Pipeline:
     "The demo's selection rule for `benchmark` (see the text above for how each was chosen)."
-    from smallsel_nb.select import dedup_steps, heuristic_steps, Band, Bottom, Ending, ExactDedup, stratify_budget
+    from smallsel_nb.select import Band, Bottom
+    from smallsel_nb.dedup import dedup_steps, ExactDedup
+    from smallsel_nb.heuristics import heuristic_steps, Ending
+    from smallsel_nb.recipes import stratify_budget
     if benchmark == "v1": pipe = Pipeline(dedup_steps() + heuristic_steps(), budget=Band("cond_loss", "middle", keep=budget), name="selected")
     else: pipe = Pipeline([ExactDedup()] + heuristic_steps() + [Ending()], budget=Bottom(by, keep=budget), name="selected")  # no near-dedup: see above
     return stratify_budget(pipe, "task")
@@ -555,7 +559,7 @@ def _rows_from(spec, what:str, cfg_path:Path, seed_default:int=0):
     raise SmallselError(f"{cfg_path}: `{what}` must be a data file or {{synth: {{...}}}}, not {spec!r}")
 
 def _selection_spec(name:str, spec, cfg_path:Path):
-    from smallsel_nb.select import strategy_pipeline
+    from smallsel_nb.recipes import strategy_pipeline
     if isinstance(spec, str): return spec
     if isinstance(spec, dict) and "recipe" in spec:
         if spec["recipe"] not in RECIPES: raise SmallselError(f"{cfg_path}: selection {name!r}: unknown recipe {spec['recipe']!r}; recipes: {', '.join(RECIPES)}")

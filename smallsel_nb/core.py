@@ -16,9 +16,9 @@ logger = logging.getLogger("smallsel_nb")
 
 # %% auto #0
 __all__ = ['logger', 'SmallselError', 'row_error', 'get_device', 'cpu_has_bf16', 'cuda_has_bf16', 'get_dtype', 'tf32_matmul',
-           'set_seed', 'fingerprint', 'arrow_table', 'table_fingerprint', 'cache_root', 'progress', 'atomic_write',
-           'check_output', 'path_like', 'hub_offline', 'matmul_params', 'forward_flops', 'train_flops', 'settings_with',
-           'optional']
+           'set_seed', 'fingerprint', 'arrow_table', 'table_fingerprint', 'cache_root', 'progress', 'quiet_progress',
+           'atomic_write', 'check_output', 'path_like', 'hub_offline', 'unique_names', 'matmul_params', 'forward_flops',
+           'train_flops', 'settings_with', 'optional']
 
 # %% ../nbs/00_core.ipynb #b0e3e95c
 class SmallselError(ValueError):
@@ -149,6 +149,17 @@ def progress(it:Iterable|None=None, # what to iterate (or None for a manual bar)
     disable = kwargs.pop("disable", os.environ.get("SMALLSEL_PROGRESS", "1") == "0")
     return tqdm(it, total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True, **kwargs)
 
+# %% ../nbs/00_core.ipynb #3f6bfb72
+@contextlib.contextmanager
+def quiet_progress():
+    "Silence the `datasets` library's progress bars inside the block when `SMALLSEL_PROGRESS=0`."
+    import datasets
+    off = os.environ.get("SMALLSEL_PROGRESS", "1") == "0" and datasets.is_progress_bar_enabled()
+    if off: datasets.disable_progress_bars()
+    try: yield
+    finally:
+        if off: datasets.enable_progress_bars()
+
 # %% ../nbs/00_core.ipynb #8ef8784d
 @contextlib.contextmanager
 def atomic_write(path:str|Path, # the final file (its folder is created)
@@ -194,6 +205,16 @@ def path_like(name:str|os.PathLike, # a name a user typed
 def hub_offline()->bool:
     "True when `HF_HUB_OFFLINE` forbids hub lookups."
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+# %% ../nbs/00_core.ipynb #d12e4d3f
+def unique_names(names:list[str], # names that may repeat (step names, model names)
+                )->list[str]: # the same names, a repeat suffixed `#2`, `#3`, ...
+    "Make repeated names unique, keeping the first of each as it is."
+    seen, out = {}, []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}#{seen[n]}")
+    return out
 
 # %% ../nbs/00_core.ipynb #1a930d1e
 def matmul_params(model:torch.nn.Module, # any torch model

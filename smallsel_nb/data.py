@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #57511b6a
 from __future__ import annotations
-import contextlib, importlib.metadata, itertools, json, os, re
+import importlib.metadata, itertools, json, re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,177 +16,15 @@ import pyarrow.compute as pc
 import datasets
 from datasets import Dataset, DatasetDict
 
-from .core import SmallselError, row_error, fingerprint, path_like, hub_offline, atomic_write, check_output
+from .core import SmallselError, row_error, fingerprint, quiet_progress
+from .io import RawTable, read_source, write_rows, check_rows_out
 
 # %% auto #0
-__all__ = ['DATA_EXTS', 'HUB_PREFIX', 'ROLE_ALIASES', 'SCHEMAS', 'ALPACA_PROMPT_NO_INPUT', 'ALPACA_PROMPT_INPUT', 'TEMPLATES',
-           'TOKEN_COLUMNS', 'SHAREGPT_FILE', 'RawTable', 'read_source', 'chat_pairs', 'Converted', 'Schema',
-           'detect_schema', 'column_schema', 'canonical_table', 'load_rows', 'save_rows', 'Template', 'get_template',
-           'format_prompt', 'format_response', 'truncation_plan', 'tokenizer_fingerprint', 'tokenize_for_scoring',
-           'truncation_summary', 'sharegpt_path', 'iter_json_array', 'load_sharegpt', 'cli_convert']
-
-# %% ../nbs/01_data.ipynb #1ba2f085
-DATA_EXTS = (".jsonl", ".json", ".parquet", ".csv")
-HUB_PREFIX = "hf://"  # a data name read from the Hugging Face hub must say so: `hf://tatsu-lab/alpaca`
-
-@contextlib.contextmanager
-def _quiet_progress():
-    "Silence datasets' progress bars when `SMALLSEL_PROGRESS=0`."
-    off = os.environ.get("SMALLSEL_PROGRESS", "1") == "0" and datasets.is_progress_bar_enabled()
-    if off: datasets.disable_progress_bars()
-    try: yield
-    finally:
-        if off: datasets.enable_progress_bars()
-
-@dataclass
-class RawTable:
-    "A source read into Arrow, before any schema is applied."
-    table: pa.Table # the rows as read
-    name: str # the source's name, for error messages
-    bad: dict = field(default_factory=dict) # row -> why it could not be read (e.g. invalid JSON on line 7)
-    mixed: dict = field(default_factory=dict) # column -> bool mask of rows whose value is not a string in a mixed-type column
-
-def _is_str(t:pa.DataType)->bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or getattr(pa.types, "is_string_view", lambda t: False)(t)
-
-def _column(vals:list)->tuple[pa.Array, np.ndarray|None]:
-    "Arrow array for `vals`; when types are mixed, non-strings become JSON text and their rows are returned as a mask."
-    try: return pa.array(vals), None
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        odd = np.array([v is not None and not isinstance(v, str) for v in vals], dtype=bool)
-        return pa.array([json.dumps(v, default=str) if o else v for v, o in zip(vals, odd)], pa.string()), odd
-
-def _table_from_rows(rows:list, name:str, bad:dict|None=None)->RawTable:
-    "Build a table from Python dicts, column by column (keys of every row, not only the first)."
-    keys = list(dict.fromkeys(k for r in rows if isinstance(r, dict) for k in r))
-    cols, mixed = {}, {}
-    for k in keys:
-        cols[k], odd = _column([r.get(k) if isinstance(r, dict) else None for r in rows])
-        if odd is not None: mixed[k] = odd
-    tbl = pa.table(cols) if cols else pa.table({"": pa.nulls(len(rows))}).drop_columns([""])
-    return RawTable(tbl, name, dict(bad or {}), mixed)
-
-# %% ../nbs/01_data.ipynb #d59b98e2
-def _read_jsonl(path:Path, name:str, label:str="")->RawTable:
-    "Read JSON lines: pyarrow first; if it refuses, line by line so that a broken line can be named."
-    import pyarrow.json as pj
-    try:
-        tbl = pj.read_json(path)
-        tbl.validate(full=True) # pyarrow does not check UTF-8 while reading JSON
-        return RawTable(tbl, name)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError): pass
-    rows, bad = [], {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip(): continue
-                try: obj = json.loads(line.rstrip("\r\n"))
-                except json.JSONDecodeError as e: obj, bad[len(rows)] = None, f"{label}invalid JSON on line {lineno} ({e.msg}, column {e.colno})"
-                if obj is not None and not isinstance(obj, dict): obj, bad[len(rows)] = None, f"{label}line {lineno} is not a JSON object"
-                rows.append(obj)
-    except UnicodeDecodeError as e: raise SmallselError(f"{name}: {label}cannot read as UTF-8 text ({e})") from None
-    return _table_from_rows(rows, name, bad)
-
-def _read_json(path:Path, name:str, label:str="")->RawTable:
-    "Read a JSON file holding a list of objects or `{'data': [...]}` (JSON lines with a .json name work too)."
-    try: obj = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e: raise SmallselError(f"{name}: {label}cannot read as UTF-8 text ({e})") from None
-    except json.JSONDecodeError as e:
-        if e.msg == "Extra data": return _read_jsonl(path, name, label)
-        raise SmallselError(f"{name}: {label}not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("data"), list): obj = obj["data"]
-    if not isinstance(obj, list):
-        raise SmallselError(f"{name}: {label}expected a list of objects or {{\"data\": [...]}}, got a JSON {type(obj).__name__}")
-    bad = {i: f"{label}item {i} is not a JSON object" for i, o in enumerate(obj) if not isinstance(o, dict)}
-    return _table_from_rows(obj, name, bad)
-
-def _read_csv(path:Path, name:str, label:str="")->RawTable:
-    "Read CSV; text columns stay strings (a CSV answer `42` is the text '42')."
-    import pyarrow.csv as pcsv
-    text = {c: pa.string() for c in ("id", "instruction", "input", "output", "context", "response", "prompt",
-                                      "completion", "text", "system")}
-    return RawTable(pcsv.read_csv(path, parse_options=pcsv.ParseOptions(newlines_in_values=True),
-                                  convert_options=pcsv.ConvertOptions(column_types=text)), name)
-
-def _read_file(path:Path, name:str, label:str="")->RawTable:
-    "Read one data file by its extension; a file that cannot be read raises a `SmallselError` naming it."
-    ext = path.suffix.lower()
-    try:
-        if ext == ".jsonl": return _read_jsonl(path, name, label)
-        if ext == ".json": return _read_json(path, name, label)
-        if ext == ".csv": return _read_csv(path, name, label)
-        if ext == ".parquet":
-            import pyarrow.parquet as pq
-            return RawTable(pq.read_table(path), name)
-    except SmallselError: raise
-    except (pa.ArrowException, OSError, ValueError) as e:
-        raise SmallselError(f"{name}: {label}cannot read {ext} file: {e}") from None
-    raise SmallselError(f"{name}: unknown file type {ext!r}; use one of {', '.join(DATA_EXTS)}")
-
-# %% ../nbs/01_data.ipynb #0775f35c
-def _from_dataset(ds, name:str, split:str)->RawTable:
-    "The Arrow table behind a `Dataset` (or the `split` of a `DatasetDict`)."
-    if isinstance(ds, DatasetDict):
-        if split not in ds: raise SmallselError(f"{name}: no split {split!r}; splits: {', '.join(ds)}")
-        ds = ds[split]
-    if ds._indices is not None: ds = ds.flatten_indices()
-    return RawTable(ds.data.table, name)
-
-def _read_folder(path:Path, name:str, split:str)->RawTable:
-    "A folder saved by `save_to_disk`, or a folder of data files (read in sorted order and stacked)."
-    if any((path/f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
-        try: return _from_dataset(datasets.load_from_disk(str(path)), name, split)
-        except (FileNotFoundError, ValueError, OSError) as e: raise SmallselError(f"{name}: cannot load saved dataset: {e}") from None
-    files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in DATA_EXTS)
-    if not files: raise SmallselError(f"{name}: folder has no data files ({', '.join(DATA_EXTS)})")
-    parts, bad, mixed, n = [], {}, {}, 0
-    for f in files:
-        r = _read_file(f, name, label=f"{f.relative_to(path)}: ")
-        bad.update({n+i: v for i, v in r.bad.items()})
-        for c, m in r.mixed.items(): mixed.setdefault(c, []).append((n, m))
-        parts.append(r.table); n += r.table.num_rows
-    try: tbl = pa.concat_tables(parts, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e: raise SmallselError(f"{name}: data files disagree on column types: {e}") from None
-    for c, ms in mixed.items():
-        full = np.zeros(n, bool)
-        for off, m in ms: full[off:off+len(m)] = m
-        mixed[c] = full
-    return RawTable(tbl, name, bad, mixed)
-
-# %% ../nbs/01_data.ipynb #9a871ec9
-def read_source(source, # file, folder, Dataset/DatasetDict, list of dicts, DataFrame, or `hf://org/name` (a hub data set)
-                split:str="train", # split to take from a DatasetDict or the hub
-                name:str|None=None, # name for error messages (default: the path or the kind of object)
-               )->RawTable:
-    "Read `source` into an Arrow table, keeping a note of rows that could not be read."
-    if isinstance(source, RawTable): return source
-    if isinstance(source, (Dataset, DatasetDict)): return _from_dataset(source, name or f"<{type(source).__name__}>", split)
-    if isinstance(source, list): return _table_from_rows(source, name or "<list>",
-                                                         {i: f"item {i} is not a dict" for i, r in enumerate(source) if not isinstance(r, dict)})
-    if type(source).__name__ == "DataFrame":
-        name = name or "<DataFrame>"
-        try: return RawTable(pa.Table.from_pandas(source, preserve_index=False), name)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            rows = source.astype(object).where(source.notna(), None).to_dict("records")
-            return _table_from_rows(rows, name)
-    if isinstance(source, (str, Path)):
-        s = str(source); p = Path(s).expanduser(); name = name or s
-        if isinstance(source, str) and s.startswith(HUB_PREFIX): return _from_hub(s[len(HUB_PREFIX):], split, name)
-        if p.is_dir(): return _read_folder(p, name, split)
-        if p.is_file(): return _read_file(p, name)
-        hint = "" if path_like(s) else f"; a hub data set is read only when named {HUB_PREFIX}{s}"
-        raise SmallselError(f"no such file or folder: {name}{hint}")
-    raise SmallselError(f"cannot read a {type(source).__name__}: pass a file, folder, Dataset, list of dicts, DataFrame or hub name")
-
-def _from_hub(repo:str, split:str, name:str)->RawTable:
-    "Load `repo` with `datasets.load_dataset` (needs the network, or the local HF cache under HF_HUB_OFFLINE=1)."
-    if not repo: raise SmallselError(f"{name}: name a hub data set after {HUB_PREFIX}, e.g. {HUB_PREFIX}tatsu-lab/alpaca")
-    try: ds = datasets.load_dataset(repo, split=split)
-    except Exception as e:
-        why = " (HF_HUB_OFFLINE=1 allows only the local Hugging Face cache)" if hub_offline() else ""
-        raise SmallselError(f"{name}: could not be loaded from the Hugging Face hub (split {split!r}){why}: "
-                            f"{type(e).__name__}: {str(e)[:300]}") from None
-    return _from_dataset(ds, name, split)
+__all__ = ['ROLE_ALIASES', 'SCHEMAS', 'ALPACA_PROMPT_NO_INPUT', 'ALPACA_PROMPT_INPUT', 'TEMPLATES', 'TOKEN_COLUMNS',
+           'SHAREGPT_FILE', 'chat_pairs', 'Converted', 'Schema', 'detect_schema', 'column_schema', 'canonical_table',
+           'load_rows', 'save_rows', 'Template', 'get_template', 'format_prompt', 'format_response', 'truncation_plan',
+           'tokenizer_fingerprint', 'tokenize_for_scoring', 'truncation_summary', 'sharegpt_path', 'iter_json_array',
+           'load_sharegpt', 'cli_convert']
 
 # %% ../nbs/01_data.ipynb #bb9443fc
 ROLE_ALIASES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "chatgpt": "assistant",
@@ -308,6 +146,10 @@ def detect_schema(columns:list[str], # column names of the source
                         "Rename the columns or pass schema=... to force one")
 
 # %% ../nbs/01_data.ipynb #74c4863c
+def _is_str(t:pa.DataType)->bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or getattr(pa.types, "is_string_view", lambda t: False)(t)
+
+
 @dataclass
 class _Problem:
     reason: str # one reason, used when raising
@@ -489,17 +331,8 @@ def load_rows(source, # path (.jsonl/.json/.parquet/.csv or a folder), Dataset/D
 def save_rows(ds:Dataset, # rows to save (any columns)
               path:str|Path, # file to write: .parquet, .jsonl or .csv
              )->Path: # the path written
-    "Write rows (atomically) to a data file that `load_rows` reads back; CSV refuses list and struct columns."
-    path = Path(path); ext = path.suffix.lower()
-    if ext not in (".parquet", ".jsonl", ".csv"): raise SmallselError(f"{path}: save rows as .parquet, .jsonl or .csv")
-    nested = [f.name for f in ds.data.table.schema if pa.types.is_nested(f.type)] if ext == ".csv" else []
-    if nested: raise SmallselError(f"{path}: CSV cannot hold the list/struct column{'s' if len(nested) > 1 else ''} "
-                                   f"{', '.join(map(repr, nested))}; write .parquet or .jsonl, or drop {'them' if len(nested) > 1 else 'it'}")
-    with _quiet_progress(), atomic_write(path) as tmp:
-        if ext == ".parquet": ds.to_parquet(str(tmp))
-        elif ext == ".jsonl": ds.to_json(str(tmp), lines=True, force_ascii=False)
-        else: ds.to_csv(str(tmp), index=False)
-    return path
+    "Write rows (atomically, with `io.write_rows`) to a data file that `load_rows` reads back; CSV refuses list and struct columns."
+    return write_rows(ds, path)
 
 # %% ../nbs/01_data.ipynb #8f64298a
 ALPACA_PROMPT_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately "
@@ -715,7 +548,7 @@ def tokenize_for_scoring(ds:Dataset, # canonical rows (from `load_rows`)
     cols = ["instruction", "input", "output"] + (["error"] if "error" in ds.column_names else [])
     keep = ds.remove_columns([c for c in TOKEN_COLUMNS if c in ds.column_names])
     fp = fingerprint(keep._fingerprint, tokenizer_fingerprint(tokenizer), tpl.name, max_length, system, add_eos, uncond_bos, "tok-v1")
-    with _quiet_progress():
+    with quiet_progress():
         out = keep.map(setup, batched=True, batch_size=batch_size, num_proc=num_proc, input_columns=cols,
                        features=_token_features(keep), new_fingerprint=fp, desc="tokenize", cache_file_name=cache_file_name)
     if verbose: print(_summary_line(truncation_summary(out), max_length))
@@ -820,7 +653,7 @@ def cli_convert(source:str, # data file (.jsonl/.json/.parquet/.csv), folder, or
                ):
     "Load SOURCE into canonical rows, print a summary, and optionally save them."
     if errors not in ("report", "raise"): raise SmallselError(f"--errors {errors!r}: choose report or raise")
-    if out: check_output(out, (".parquet", ".jsonl", ".csv"))  # before any work: a bad output path fails at once
+    if out: check_rows_out(out, csv=True)  # before any work: a bad output path fails at once
     raw = read_source(source, split=split)
     used = detect_schema(raw.table.column_names, raw.name) if schema == "auto" and raw.table.num_columns else schema
     ds = Dataset(canonical_table(raw, used, turns, errors, id_column))

@@ -18,6 +18,7 @@ from datasets import Dataset
 
 from fastcore.script import Param
 from .core import SmallselError, cache_root, fingerprint, table_fingerprint, atomic_write, check_output
+from .io import check_rows_out, stream_files
 from .scoring import ScoringJob, arrow_table, attach_scores, error_summary, parse_columns, plan_shards, prepare_scoring, score
 from .lm import Ragged, as_lm
 
@@ -204,7 +205,7 @@ def score_distributed(data, # rows: anything `data.load_rows` reads, or a `Datas
     "Score `data` with every process of a torchrun / accelerate launch; rank 0 merges, writes `out`, returns the rows."
     from smallsel_nb.data import save_rows
     if cache_dir is False: raise SmallselError("score_distributed exchanges shards through the cache folder: cache_dir=False is not possible")
-    if out is not None: check_output(out, (".parquet", ".jsonl"))
+    if out is not None: check_rows_out(out)
     ranks = init_ranks(timeout_s)
     try:
         job = prepare_scoring(data, model, template, max_length, batch_tokens, rank_device(device, ranks.local_rank), dtype,
@@ -314,20 +315,9 @@ def chunk_source(source, # .parquet / .jsonl file, a folder of them, or a `datas
         name = f"<{source.info.dataset_name or 'IterableDataset'}>"
         tables = lambda: source.with_format("arrow").iter(batch_size=min(chunk_rows, 10_000))
         return ChunkSource(name, lambda: _rechunk(tables(), chunk_rows), sig)
-    p = Path(source).expanduser()
-    if not p.exists(): raise SmallselError(f"{source}: no such file or folder")
-    paths = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in (".parquet", ".jsonl")) if p.is_dir() else [p]
-    exts = {f.suffix.lower() for f in paths}
-    if not paths: raise SmallselError(f"{source}: no .parquet or .jsonl files to stream")
-    if len(exts) > 1: raise SmallselError(f"{source}: mixes {' and '.join(sorted(exts))} files; stream one kind at a time")
-    if empty := [f for f in paths if f.stat().st_size == 0]: raise SmallselError(f"{empty[0]}: no rows (the file is empty)")
-    for f in paths if exts == {".parquet"} else []:  # a truncated file fails here, named, not in the middle of the run
-        try: pq.read_metadata(f)
-        except (pa.ArrowException, OSError) as e: raise SmallselError(f"{f}: cannot read .parquet file: {str(e).splitlines()[0]}") from None
-    if exts == {".parquet"}: return ChunkSource(str(source), lambda: _parquet_chunks(paths, chunk_rows), _file_signature(paths))
-    if exts == {".jsonl"}: return ChunkSource(str(source), lambda: _rechunk(_jsonl_batches(paths), chunk_rows), _file_signature(paths))
-    raise SmallselError(f"{source}: {p.suffix or 'this'} files cannot be streamed; use .parquet or .jsonl "
-                        "(`smallsel convert` writes parquet), or `smallsel score` for data that fits in memory")
+    paths = stream_files(source)
+    if paths[0].suffix.lower() == ".parquet": return ChunkSource(str(source), lambda: _parquet_chunks(paths, chunk_rows), _file_signature(paths))
+    return ChunkSource(str(source), lambda: _rechunk(_jsonl_batches(paths), chunk_rows), _file_signature(paths))
 
 # %% ../nbs/10_distributed.ipynb #aabc4a3d
 def chunk_rows_canonical(raw:pa.Table, # a chunk as read
@@ -410,7 +400,7 @@ def score_stream(source, # .parquet / .jsonl file, a folder of them, or a `datas
                 )->dict|None: # on rank 0: rows, truncated, errors, chunks computed / reused, out; None elsewhere
     "Score a pool chunk by chunk with constant memory, with one or many processes; rank 0 writes `out`."
     if cache_dir is False: raise SmallselError("score_stream keeps its chunks in the cache folder: cache_dir=False is not possible")
-    check_output(out, (".parquet", ".jsonl"))  # before any work: a bad output path fails at once
+    check_rows_out(out)  # before any work: a bad output path fails at once
     src = chunk_source(source, chunk_rows)
     ranks = init_ranks(timeout_s)
     try:

@@ -15,8 +15,9 @@ import pyarrow as pa
 from scipy import stats
 from fastcore.script import Param
 
-from .core import SmallselError, optional, row_error, check_output, atomic_write
-from .select import Columns, read_scored, write_rows, _unique_names
+from .core import SmallselError, optional, row_error, check_output, atomic_write, unique_names
+from .io import read_scored, write_rows, check_rows_out
+from .select import Columns
 
 # %% auto #0
 __all__ = ['NAN_POLICIES', 'AGGREGATES', 'score_matrix', 'check_matrix', 'pct_ranks', 'zscores', 'aggregates', 'aggregate',
@@ -268,7 +269,7 @@ def merge_scored(tables:Sequence[pa.Table], # scored tables, one per model; the 
     sources = list(sources or names)
     if len(tables) != len(names): raise SmallselError(f"{len(tables)} tables but {len(names)} names")
     base_ids = _ids(tables[0], on, sources[0])
-    cols = {f"{by}@{n}": align_column(base_ids, t, by, on, src, sources[0]) for t, n, src in zip(tables, _unique_names(list(names)), sources)}
+    cols = {f"{by}@{n}": align_column(base_ids, t, by, on, src, sources[0]) for t, n, src in zip(tables, unique_names(list(names)), sources)}
     missing = {c.split("@", 1)[1]: int(np.isnan(v).sum()) for c, v in cols.items()}
     return with_columns(tables[0], cols), list(cols), missing
 
@@ -304,7 +305,7 @@ def cli_ensemble(inputs:Param("scored files, one per model (as `smallsel score` 
                 )->pa.Table:
     "Combine several small models' scores of the same rows (mean z-score, mean rank, Borda, trimmed, min/max) and write them."
     t0 = time.time()
-    check_output(out, (".parquet", ".jsonl"))  # before any work: a bad output path fails at once
+    check_rows_out(out)  # before any work: a bad output path fails at once
     if heatmap is not None: check_output(heatmap, (".png",), "--heatmap")
     if reference is not None and not model and not Path(reference).exists(): raise SmallselError(f"--reference {reference}: no such file (without --model it must be a scored file)")
     if model:
@@ -316,7 +317,7 @@ def cli_ensemble(inputs:Param("scored files, one per model (as `smallsel score` 
         tables, sources, default = [read_scored(p) for p in inputs], list(map(str, inputs)), [Path(p).stem for p in inputs]
     names = [n.strip() for n in names.split(",")] if names else default
     if len(names) != len(tables): raise SmallselError(f"--names gives {len(names)} names for {len(tables)} models")
-    names = _unique_names(names)
+    names = unique_names(names)
     ref = None
     if reference is not None:
         if Path(reference).exists(): ref = (read_scored(reference), Path(reference).stem, reference)

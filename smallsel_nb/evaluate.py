@@ -13,7 +13,7 @@ from datasets import Dataset
 
 from .core import SmallselError, tf32_matmul
 from .synth import FAMILIES, FRAMES
-from .select import Refusal, Repetition, NonAlpha
+from .heuristics import Refusal, Repetition, NonAlpha
 from .lm import TokenRows, token_rows, row_nll, pad_id_of, hf_quiet
 
 # %% auto #0

@@ -18,7 +18,8 @@ except ImportError: optional("matplotlib", "notebooks")  # plots and widgets are
 
 from fastcore.basics import patch_to
 
-from .select import Columns, RECIPES, STRATEGIES, Selection, strategy_pipeline, stratify_budget
+from .select import Columns, Selection
+from .recipes import RECIPES, STRATEGIES, strategy_pipeline, stratify_budget
 
 # %% auto #0
 __all__ = ['SCORE_COLUMNS', 'GROUP_COLUMNS', 'LABEL_COLUMNS', 'METHODS', 'plot_workflow', 'cut_points', 'kept_counts',

@@ -16,7 +16,8 @@ import torch
 from scipy import stats
 
 from .core import SmallselError, row_error, forward_flops, train_flops, progress
-from .select import Columns, proportional_split, pick_per_group
+from .select import Columns
+from .diversity import proportional_split, pick_per_group
 
 # %% auto #0
 __all__ = ['PREDICTORS', 'score_bins', 'seed_rows', 'length_features', 'feature_frame', 'hidden_state_features', 'response_loss',

@@ -10,7 +10,8 @@ from scipy import stats
 from smallsel_nb.core import SmallselError
 from smallsel_nb.ensemble import (AGGREGATES, aggregate, aggregates, cli_ensemble, ensemble_scores, merge_scored,
                                   pct_ranks, rank_agreement, rank_spread, score_matrix, with_columns, zscores)
-from smallsel_nb.select import Bottom, Top, read_scored, write_rows
+from smallsel_nb.select import Bottom, Top
+from smallsel_nb.io import read_scored, write_rows
 
 
 def scores(n=300, k=4, seed=0, nan=0.0):

@@ -6,7 +6,8 @@ from datasets import Dataset
 
 from smallsel_nb.core import SmallselError
 from smallsel_nb.explore import SelectionExplorer, cut_points, kept_counts, plot_workflow, METHODS
-from smallsel_nb.select import RECIPES, Top, strategy_pipeline
+from smallsel_nb.select import Top
+from smallsel_nb.recipes import RECIPES, strategy_pipeline
 from smallsel_nb.synth import make_noisy_instructions
 
 

@@ -8,11 +8,12 @@ import pytest
 from datasets import Dataset
 
 from smallsel_nb.core import SmallselError
-from smallsel_nb.select import (RECIPES, SELECTORS, Band, Bottom, ClusterBalanced, Columns, Echo, Empty, ExactDedup,
-                                IFDRule, KCenter, Length, NearDedup, NonAlpha, Percentile, Pipeline, Random, Refusal,
-                                Repetition, Stratified, Threshold, Top, cli_select, default_recipe, even_split,
-                                k_center_greedy, minhash_signatures, near_duplicate_of, noise_removal, proportional_split,
-                                removal_table, row_hashes)
+from smallsel_nb.select import (Band, Bottom, Columns, IFDRule, Percentile, Pipeline, Random, Threshold, Top,
+                                noise_removal, removal_table)
+from smallsel_nb.dedup import ExactDedup, NearDedup, minhash_signatures, near_duplicate_of, row_hashes
+from smallsel_nb.heuristics import Echo, Empty, Length, NonAlpha, Refusal, Repetition
+from smallsel_nb.diversity import ClusterBalanced, KCenter, Stratified, even_split, k_center_greedy, proportional_split
+from smallsel_nb.recipes import RECIPES, SELECTORS, cli_select, default_recipe
 
 
 def scored(n=400, seed=0):
