@@ -17,9 +17,8 @@ import pyarrow.compute as pc
 from .core import SmallselError, row_error, atomic_write, unique_names
 
 # %% auto #0
-__all__ = ['NAN_POLICIES', 'IFD_REASON', 'NOISE', 'Columns', 'Verdict', 'reasons', 'Step', 'Budget', 'Selection', 'Unscored',
-           'Pipeline', 'Top', 'Bottom', 'Threshold', 'Percentile', 'IFDRule', 'Band', 'Random', 'noise_removal',
-           'removal_table']
+__all__ = ['NAN_POLICIES', 'IFD_REASON', 'Columns', 'Verdict', 'reasons', 'Step', 'Budget', 'Selection', 'Unscored', 'Pipeline',
+           'Top', 'Bottom', 'Threshold', 'Percentile', 'IFDRule', 'Band', 'Random']
 
 # %% ../nbs/04_select.ipynb #fdf862c7
 def _is_dataset(data)->bool: return hasattr(data, "data") and hasattr(data, "column_names") and hasattr(data, "_indices")
@@ -505,67 +504,3 @@ class Random(Budget):
     def name(self): return "random"
     def choose(self, cols, idx, n, rng): return rng.choice(len(idx), n, replace=False)
     def reason(self, n): return "not in the random sample"
-
-# %% ../nbs/04_select.ipynb #2c09de01
-NOISE = "all noise"
-
-def _kept_mask(selection, n:int)->np.ndarray:
-    "The kept-row mask of a `Selection` or a boolean array, checked against `n` rows."
-    if isinstance(selection, Selection):
-        if selection.n != n: raise SmallselError(f"the selection is over {selection.n:,} rows but the data has {n:,}")
-        return selection.mask
-    m = np.asarray(selection)
-    if m.dtype != bool: raise SmallselError(f"pass a Selection or a boolean mask of the kept rows; got an array of {m.dtype}")
-    if m.shape != (n,): raise SmallselError(f"the kept mask has shape {m.shape} but the data has {n:,} rows")
-    return m
-
-def noise_removal(selection, # a `Selection`, or a boolean mask of the kept rows (one per row of `data`)
-                  data, # the rows selected from (`Dataset`, `DataFrame` or `pyarrow.Table`) with a noise label per row
-                  kind:str="noise_kind", # the column naming each row's corruption
-                  clean:str="clean", # the label of uncorrupted rows
-                 )->pd.DataFrame: # one row per group (all noise, each kind, clean): rows, kept, dropped, recall, precision
-    "Precision and recall of noise removal (a dropped row is a positive), overall and per corruption kind."
-    cols = Columns(data)
-    cols.require([kind], "noise label column")
-    m = _kept_mask(selection, cols.n)
-    lab = cols.values(kind)
-    if lab.isna().any(): raise row_error(f"no noise label in column {kind!r}", np.flatnonzero(lab.isna().to_numpy()))
-    codes, names = pd.factorize(lab.astype(str), sort=True)
-    rows, dropped = np.bincount(codes, minlength=len(names)), np.bincount(codes[~m], minlength=len(names))
-    noisy = np.asarray(names) != clean
-    t = pd.DataFrame({"rows": rows, "dropped": dropped}, index=pd.Index(names, name="group"))
-    t = pd.concat([pd.DataFrame({"rows": [rows[noisy].sum()], "dropped": [dropped[noisy].sum()]}, index=[NOISE]), t[noisy], t[~noisy]])
-    t.index.name = "group"
-    t.insert(1, "kept", t.rows - t.dropped)
-    t["recall"] = t.dropped / t.rows.where(t.rows > 0)
-    t["precision"] = t.dropped / (~m).sum() if (~m).any() else np.nan
-    return t
-
-# %% ../nbs/04_select.ipynb #25583580
-def removal_table(rules:dict, # name: a function of the keep fraction that returns a `Pipeline` or a step
-                  data, # scored rows with a noise label per row
-                  keeps:Sequence[float|None]=(0.3, 0.5, 0.7), # keep fractions to run every rule at (None: the rule's own size)
-                  by:str|None="task", # also report the group of this column that keeps the smallest share of its clean rows
-                  kind:str="noise_kind", # the noise label column
-                  clean:str="clean", # the label of uncorrupted rows
-                  seed:int=0, # random seed for every rule
-                 )->pd.DataFrame: # one row per (rule, keep); shares are fractions
-    "Precision and recall of noise removal, overall and per kind, for each rule at each keep fraction."
-    cols = Columns(data)
-    is_clean = (cols.values(kind).astype(str) == clean).to_numpy()
-    grp, gnames = pd.factorize(cols.values(by), sort=True) if by and by in cols.names else (None, None)
-    out = []
-    for name, make in rules.items():
-        for k in keeps:
-            sel = make(k)(data, seed=seed)
-            t = noise_removal(sel, data, kind, clean)
-            r = {"rule": name, "keep": k, "kept": len(sel), "precision": t.precision[NOISE], "recall": t.recall[NOISE],
-                 **{f"recall[{g}]": t.recall[g] for g in t.index[1:] if g != clean}}
-            if clean in t.index: r["clean kept"] = 1 - t.recall[clean]
-            if grp is not None and is_clean.any():
-                with np.errstate(invalid="ignore"):  # a group without clean rows: NaN, skipped
-                    share = np.bincount(grp[is_clean & sel.mask], minlength=len(gnames)) / np.bincount(grp[is_clean], minlength=len(gnames))
-                w = int(np.nanargmin(share))
-                r |= {f"worst {by}": gnames[w], f"clean kept in worst {by}": share[w]}
-            out.append(r)
-    return pd.DataFrame(out).set_index(["rule", "keep"])

@@ -8,8 +8,8 @@ import pytest
 from datasets import Dataset
 
 from smallsel_nb.core import SmallselError
-from smallsel_nb.select import (Band, Bottom, Columns, IFDRule, Percentile, Pipeline, Random, Threshold, Top,
-                                noise_removal, removal_table)
+from smallsel_nb.select import Band, Bottom, Columns, IFDRule, Percentile, Pipeline, Random, Threshold, Top
+from smallsel_nb.evaluate import noise_removal, removal_table
 from smallsel_nb.dedup import ExactDedup, NearDedup, minhash_signatures, near_duplicate_of, row_hashes
 from smallsel_nb.heuristics import Echo, Empty, Length, NonAlpha, Refusal, Repetition
 from smallsel_nb.diversity import ClusterBalanced, KCenter, Stratified, even_split, k_center_greedy, proportional_split
