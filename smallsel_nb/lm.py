@@ -300,9 +300,12 @@ def token_rows(ds:Dataset, # canonical rows: instruction, input, output
     return TokenRows(ids, start, int(L.sum()), int((L - start).sum()))
 
 # %% ../nbs/02a_lm.ipynb #c035e457
-def pad_id_of(tokenizer)->int:
-    "The id used for padding: the pad token, else EOS (padded positions are masked and never scored)."
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+def pad_id_of(tokenizer, # any tokenizer with `pad_token_id` / `eos_token_id`
+             )->int: # the padding id scoring, training, evaluation and the predictor all use
+    "The id used for padding: the pad token, else EOS, else 0 (padding is on the right and never seen by a real token, so its value cannot change a score)."
+    for t in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if t is not None: return t
+    return 0
 
 def response_nll(model, # causal LM
                  seqs:list, # token ids per row (prompt + response)

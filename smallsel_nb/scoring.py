@@ -19,7 +19,7 @@ from fastcore.meta import delegates
 from .core import (SmallselError, cache_root, fingerprint, progress, table_fingerprint, arrow_table, tf32_matmul,
                               atomic_write, row_error)
 from .lm import (Ragged, as_lm, batch_end, default_batch_tokens, forward_nll, lm_body, lm_identity,
-                            model_max_length, pad_batch, prefix_kv, require_fast_head)
+                            model_max_length, pad_batch, pad_id_of, prefix_kv, require_fast_head)
 
 # %% auto #0
 __all__ = ['SCORE_COLUMNS', 'ERRORS', 'score_per_row', 'find_prefixes', 'assign_prefix', 'plan_shards', 'ShardScorer',
@@ -407,7 +407,7 @@ def prepare_scoring(data, # rows: anything `data.load_rows` reads, or a `Dataset
                template=template, system=system, max_length=max_length, per_token=per_token,
                dtype=str(next(m.parameters()).dtype), shard_rows=shard_rows, version=2)  # 2: shards carry a checksum
     store = None if cache_dir is False else ShardStore(Path(cache_dir or cache_root()/"scores")/fingerprint(key), key)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id_of(tokenizer)
     return ScoringJob(ds, tok, m, tokenizer, store, key, pad, batch_tokens, per_token, shard_rows, prefix_cache)
 
 def attach_scores(job:ScoringJob, # the prepared job
