@@ -74,10 +74,6 @@ def test_nan_loss_stops_naming_the_step():
     with pytest.raises(KeyboardInterrupt): train_lm(m2, t2, rows, max_steps=5, batch_size=8, template="none")
     for a, b in zip(m.parameters(), m2.parameters()): torch.testing.assert_close(a, b)  # the NaN step was not applied
 
-def test_empty_training_set():
-    with pytest.raises(SmallselError, match="no rows to train"):
-        train_lm(*make_lm("tiny"), make_noisy_instructions(10).select([]), template="none")
-
 def test_eval_without_answers_skips_exact_match_with_a_note():
     ev = make_eval_split(12, seed=0).remove_columns("answer")
     r = train_lm(*make_lm("tiny"), make_noisy_instructions(40, seed=0), ev, max_steps=2, batch_size=8, template="none")
