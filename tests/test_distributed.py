@@ -57,6 +57,7 @@ def pool(tmp_path_factory):
     make_noisy_instructions(600, seed=3).to_parquet(d/"pool.parquet")
     return d/"pool.parquet"
 
+@pytest.mark.slow
 def test_cli_two_ranks_equal_single_process(tmp_path):
     "`torchrun -m smallsel_nb.cli score` with 2 ranks writes the same file as the single-process command."
     data = tmp_path/"pool.parquet"
@@ -70,6 +71,7 @@ def test_cli_two_ranks_equal_single_process(tmp_path):
     two, one = pq.read_table(tmp_path/"two.parquet"), pq.read_table(tmp_path/"one.parquet")
     assert two.equals(one), "the 2-rank output differs from the single-process output"
 
+@pytest.mark.slow
 def test_killed_rank_resumes_with_another_world_size(tmp_path, pool):
     "Rank 1 is SIGKILLed mid-run; a rerun on 3 ranks keeps every finished shard, recomputes a truncated one, equals a fresh run."
     cache = tmp_path/"cache"
@@ -92,6 +94,7 @@ def test_killed_rank_resumes_with_another_world_size(tmp_path, pool):
     for c in ("cond_loss", "uncond_loss", "ifd", "n_response_tokens"):
         np.testing.assert_array_equal(got[c].to_numpy(), np.asarray(fresh[c]))
 
+@pytest.mark.slow
 def test_mismatched_settings_are_refused(tmp_path, pool):
     "Ranks launched with different max_length stop with a message naming the field and the ranks."
     p = torchrun(tmp_path, 2, "score", pool, tmp_path/"out.parquet", tmp_path/"cache", env={"MISMATCH": "1"}, check=False)
@@ -111,6 +114,7 @@ def test_unshared_cache_folder_is_refused(tmp_path):
         check_shared_folder(tmp_path, BlindPeer())
     assert list(tmp_path.iterdir()) == []
 
+@pytest.mark.slow
 def test_stream_two_ranks_equal_one(tmp_path, pool):
     "score_stream on 2 ranks (chunks dealt round-robin) writes the same file as on 1 process, then reuses every chunk."
     torchrun(tmp_path, 2, "stream", pool, tmp_path/"two.parquet", tmp_path/"cache")

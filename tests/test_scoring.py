@@ -25,6 +25,7 @@ SCRIPT = textwrap.dedent("""
 def _shards(cache):
     return sorted(p for p in Path(cache).rglob("shard-*.parquet"))
 
+@pytest.mark.slow
 def test_sigkill_resume(tmp_path):
     "Kill scoring mid-run with SIGKILL; the rerun equals an uninterrupted run and keeps the finished shards."
     cache = tmp_path/"cache"

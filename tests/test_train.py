@@ -26,6 +26,7 @@ def _step(ck):
     try: return json.loads((ck/"state.json").read_text())["step"]
     except (OSError, ValueError): return 0
 
+@pytest.mark.slow
 def test_sigkill_resume(tmp_path):
     "Kill training with SIGKILL mid-run; the rerun resumes from the last checkpoint and ends as an uninterrupted run."
     ck = tmp_path/"ck"
@@ -136,6 +137,7 @@ if rank == 0: torch.save(m.state_dict(), sys.argv[1])
 open(f"{sys.argv[1]}.{rank}.json", "w").write(json.dumps(dict(evals=calls[0], eval_loss=[h["eval_loss"] for h in r.history])))
 """
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 @pytest.mark.parametrize("bs", [8, 1])
 def test_two_processes_match_one(tmp_path, bs):
