@@ -124,6 +124,7 @@ def test_stream_two_ranks_equal_one(tmp_path, pool):
     again = score_stream(pool, "tiny", tmp_path/"one.parquet", chunk_rows=120, cache_dir=tmp_path/"cache1", shard_rows=25, **SCORE_KW)
     assert (again["chunks_scored"], again["shards_scored"]) == (5, 0)  # parts were deleted; every shard read back
 
+@pytest.mark.slow
 def test_stream_equals_whole_pool(tmp_path, pool):
     "Streamed scores equal whole-pool scores to float rounding, same ids and order (no id column: row-<i> of the pool)."
     t = pq.read_table(pool).drop_columns(["id"]); src = tmp_path/"noid.parquet"
@@ -136,6 +137,7 @@ def test_stream_equals_whole_pool(tmp_path, pool):
     np.testing.assert_allclose(np.array(got["ifd"], float), np.array(whole["ifd"], float), rtol=1e-5)
     assert s["rows"] == 300 and s["errors"] == {}
 
+@pytest.mark.slow
 def test_stream_resumes_after_a_crash(tmp_path, pool, monkeypatch):
     "A crash while writing chunk 3 leaves no output; the rerun reuses chunks 1-2 and the finished shards of chunk 3."
     import smallsel_nb.distributed as D

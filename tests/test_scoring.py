@@ -45,6 +45,7 @@ def test_sigkill_resume(tmp_path):
     for c in ("cond_loss", "uncond_loss", "ifd"):
         np.testing.assert_allclose(np.array(resumed[c], float), np.array(fresh[c], float), rtol=1e-6)
 
+@pytest.mark.slow
 def test_engine_matches_reference_on_benchmark():
     "On the noisy benchmark (many lengths and kinds), the engine equals the per-row loop within 1e-4 (fp32)."
     rows = make_noisy_instructions(80, seed=1)
