@@ -287,6 +287,48 @@ def agreement_report(data, # the merged table
     sp, kt = ([_pair_corr(S[:, j], S[:, -1], m) for j in range(len(columns))] for m in ("spearman", "kendall"))
     return pd.DataFrame({"spearman": [c for c, _ in sp], "kendall": [c for c, _ in kt], "rows": [n for _, n in sp]}, index=list(columns))
 
+def _ensemble_inputs(inputs:list[str], model:list[str]|None, names:str|None, reference:str|None, template:str, dtype:str, device:str, # as in `cli_ensemble`
+                    )->tuple[list, list, list]: # scored tables, their sources, their unique model names
+    "The tables to combine: scored files read, or one data file scored with each `--model`; checked before any scoring."
+    if reference is not None and not model and not Path(reference).exists(): raise SmallselError(f"--reference {reference}: no such file (without --model it must be a scored file)")
+    if model:
+        if len(inputs) != 1: raise SmallselError(f"with --model give one data file to score, not {len(inputs)}")
+        if len(model) < 2: raise SmallselError("an ensemble needs at least 2 models: repeat --model")
+        tables, sources, default = _score_tables(inputs[0], model, template, dtype, device), [f"{inputs[0]} ({m})" for m in model], list(model)
+    else:
+        if len(inputs) < 2: raise SmallselError(f"an ensemble needs at least 2 scored files, got {len(inputs)} (or score one data file with repeated --model)")
+        tables, sources, default = [read_scored(p) for p in inputs], list(map(str, inputs)), [Path(p).stem for p in inputs]
+    names = [n.strip() for n in names.split(",")] if names else default
+    if len(names) != len(tables): raise SmallselError(f"--names gives {len(names)} names for {len(tables)} models")
+    return tables, sources, unique_names(names)
+
+def _reference_table(reference:str|None, data:str, model:list[str]|None, template:str, dtype:str, device:str, # as in `cli_ensemble`
+                    )->tuple|None: # (table, name, source) or None
+    "The large model's scores: a scored file, or with `--model` the data file scored by the model `reference` names."
+    if reference is None: return None
+    if Path(reference).exists(): return read_scored(reference), Path(reference).stem, reference
+    return (_score_tables(data, [reference], template, dtype, device)[0], reference, reference) if model else None
+
+def _print_ensemble(merged:pa.Table, cols:list[str], missing:dict, ens:pd.DataFrame, ref_col:str|None, by:str, out:str, min_models:int, seconds:float):
+    "What `smallsel ensemble` tells the user: rows combined, unscored rows per model, NaN rows, agreement with the reference."
+    print(f"combined {by} of {len(cols)} models over {merged.num_rows:,} rows in {seconds:.1f}s -> {out}")
+    for c, n in zip(cols, missing.values()): print(f"  {c:<32} unscored rows {n:>9,}")
+    short = int(np.isnan(ens.iloc[:, 0]).sum())
+    if short: print(f"  {short:,} rows were scored by fewer than {min_models} models: their combined scores are NaN")
+    print(f"  columns: {', '.join(ens.columns)}")
+    if ref_col is not None:
+        rep = agreement_report(merged, cols + [c for c in ens.columns if c.removeprefix('ens_') in AGGREGATES], ref_col)
+        print(f"rank agreement with the reference {ref_col}:\n" + rep.to_string(float_format="{:.3f}".format))
+
+def _agreement_heatmap(merged:pa.Table, cols:list[str], ref_col:str|None, by:str, path:str):
+    "Write a heatmap of the Spearman agreement of every pair of score columns (and the reference) to a .png."
+    Figure = optional("matplotlib.figure", "notebooks").Figure  # no pyplot: the caller's plotting backend is left alone
+    corr = rank_agreement(merged, cols + ([ref_col] if ref_col else []))
+    fig = Figure(figsize=(1.0 + 0.75 * len(corr), 0.6 + 0.65 * len(corr)))
+    plot_agreement(corr, title=f"Spearman agreement of {by}", ax=fig.add_subplot())
+    with atomic_write(path) as tmp: fig.savefig(tmp, dpi=100, format="png")
+    print(f"  heatmap -> {path}")
+
 def cli_ensemble(inputs:Param("scored files, one per model (as `smallsel score` writes them); with --model, the one data file to score", str, opt=False, nargs="+"), # scored files, or with --model one data file
                  out:Param("output file, .parquet or .jsonl", str, required=True)=None, # output file, .parquet or .jsonl
                  model:Param("score INPUTS with this model; repeat --model for each model of the ensemble", str, action="append")=None, # models to score with (repeated option)
@@ -307,21 +349,8 @@ def cli_ensemble(inputs:Param("scored files, one per model (as `smallsel score` 
     t0 = time.time()
     check_rows_out(out)  # before any work: a bad output path fails at once
     if heatmap is not None: check_output(heatmap, (".png",), "--heatmap")
-    if reference is not None and not model and not Path(reference).exists(): raise SmallselError(f"--reference {reference}: no such file (without --model it must be a scored file)")
-    if model:
-        if len(inputs) != 1: raise SmallselError(f"with --model give one data file to score, not {len(inputs)}")
-        if len(model) < 2: raise SmallselError("an ensemble needs at least 2 models: repeat --model")
-        tables, sources, default = _score_tables(inputs[0], model, template, dtype, device), [f"{inputs[0]} ({m})" for m in model], list(model)
-    else:
-        if len(inputs) < 2: raise SmallselError(f"an ensemble needs at least 2 scored files, got {len(inputs)} (or score one data file with repeated --model)")
-        tables, sources, default = [read_scored(p) for p in inputs], list(map(str, inputs)), [Path(p).stem for p in inputs]
-    names = [n.strip() for n in names.split(",")] if names else default
-    if len(names) != len(tables): raise SmallselError(f"--names gives {len(names)} names for {len(tables)} models")
-    names = unique_names(names)
-    ref = None
-    if reference is not None:
-        if Path(reference).exists(): ref = (read_scored(reference), Path(reference).stem, reference)
-        elif model: ref = (_score_tables(inputs[0], [reference], template, dtype, device)[0], reference, reference)
+    tables, sources, names = _ensemble_inputs(inputs, model, names, reference, template, dtype, device)
+    ref = _reference_table(reference, inputs[0], model, template, dtype, device)
     merged, cols, missing = merge_scored(tables, names, by, on, sources)
     from smallsel_nb.scoring import SCORE_COLUMNS
     per_model = (*SCORE_COLUMNS, "truncated", "token_losses")  # the first model's own columns
@@ -333,19 +362,6 @@ def cli_ensemble(inputs:Param("scored files, one per model (as `smallsel score` 
         ref_col = f"{by}@{ref[1]} (reference)"
         merged = with_columns(merged, {ref_col: align_column(_ids(merged, on, str(out)), ref[0], by, on, ref[2], sources[0])})
     write_rows(merged, out)
-    print(f"combined {by} of {len(cols)} models over {merged.num_rows:,} rows in {time.time() - t0:.1f}s -> {out}")
-    for c, n in zip(cols, missing.values()): print(f"  {c:<32} unscored rows {n:>9,}")
-    short = int(np.isnan(ens.iloc[:, 0]).sum())
-    if short: print(f"  {short:,} rows were scored by fewer than {min_models} models: their combined scores are NaN")
-    print(f"  columns: {', '.join(ens.columns)}")
-    if ref_col is not None:
-        rep = agreement_report(merged, cols + [c for c in ens.columns if c.removeprefix('ens_') in AGGREGATES], ref_col)
-        print(f"rank agreement with the reference {ref_col}:\n" + rep.to_string(float_format="{:.3f}".format))
-    if heatmap:
-        Figure = optional("matplotlib.figure", "notebooks").Figure  # no pyplot: the caller's plotting backend is left alone
-        corr = rank_agreement(merged, cols + ([ref_col] if ref_col else []))
-        fig = Figure(figsize=(1.0 + 0.75 * len(corr), 0.6 + 0.65 * len(corr)))
-        plot_agreement(corr, title=f"Spearman agreement of {by}", ax=fig.add_subplot())
-        with atomic_write(heatmap) as tmp: fig.savefig(tmp, dpi=100, format="png")
-        print(f"  heatmap -> {heatmap}")
+    _print_ensemble(merged, cols, missing, ens, ref_col, by, out, min_models, time.time() - t0)
+    if heatmap: _agreement_heatmap(merged, cols, ref_col, by, heatmap)
     return merged

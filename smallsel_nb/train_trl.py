@@ -166,6 +166,62 @@ def _bf16(precision:str)->bool:
     if precision not in ("auto", "fp32", "bf16"): raise SmallselError(f"precision={precision!r}: choose auto, fp32 or bf16")
     return precision == "bf16" or (precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False))
 
+# %% ../nbs/05a_trl.ipynb #a7c31e0b
+def _trl_steps(rows:int, # training rows (TRL examples)
+               batch_size:int, # rows per micro-batch (per process)
+               grad_accum:int, # micro-batches per optimizer step
+               epochs:float, # passes over the rows
+               max_steps:int|None, # a fixed number of optimizer steps instead of `epochs`
+               eval_every:int|None, # steps between evaluations (None: 5 per run; 0: only at the end)
+              )->tuple[int, int]: # optimizer steps of the run, steps between evaluations
+    "How many optimizer steps the run takes (all processes together) and how often it evaluates."
+    per_epoch = math.ceil(rows / (batch_size * grad_accum * int(os.environ.get("WORLD_SIZE", "1"))))
+    total = max_steps or max(1, math.ceil(epochs * per_epoch))
+    return total, max(1, total // 5) if eval_every is None else (eval_every or total)
+
+def _resume_point(ck:Path|None, # checkpoint folder (None: no checkpoints)
+                  train:Dataset, model, # the run's rows and starting weights
+                  settings:dict, # the run's settings
+                  resume:bool, # resume from `ck` when it holds this run's checkpoint
+                 )->tuple[str|None, list]: # checkpoint to resume from (None: start fresh), its evaluation history
+    "The checkpoint this run resumes from and the history saved with it; a checkpoint belongs to one run (data, weights, settings)."
+    if ck is None: return None, []
+    key = fingerprint(table_fingerprint(train, ["instruction", "input", "output"]), weights_fingerprint(model), settings)
+    last = _check_run(ck, key, resume)
+    saved = Path(last)/"history.json" if last else None
+    return last, json.loads(saved.read_text()) if saved and saved.exists() else []
+
+def _sft_config(trl, # the trl module
+                s:dict, # the run's settings (as `train_trl` fingerprints them)
+                total:int, every:int, # optimizer steps, steps between evaluations
+                output_dir:str, # TRL's output folder
+                save:bool, # write checkpoints (every `checkpoint_every` steps, default `every`)
+                checkpoint_every:int|None, gradient_checkpointing:bool, precision:str, device:str, report_to:str|list, desc:str, # as in `train_trl`
+               ): # trl.SFTConfig
+    "TRL's `SFTConfig` for these settings: cosine schedule to a minimum, loss on completions only, our logging."
+    w = s["warmup"]
+    return trl.SFTConfig(output_dir=output_dir, max_steps=total, per_device_train_batch_size=s["batch_size"],
+        gradient_accumulation_steps=s["grad_accum"], learning_rate=s["lr"], lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr": s["lr"] / 10 if s["min_lr"] is None else s["min_lr"]}, weight_decay=s["weight_decay"],
+        warmup_steps=int(w * total) if w < 1 else int(w), max_grad_norm=s["grad_clip"], adam_beta1=s["betas"][0],
+        adam_beta2=s["betas"][1], bf16=_bf16(precision), use_cpu=device == "cpu", max_length=s["max_length"],
+        completion_only_loss=True, report_to=report_to, logging_steps=1, disable_tqdm=True, save_strategy="steps" if save else "no",
+        save_steps=checkpoint_every or every, save_total_limit=2, seed=s["seed"], data_seed=s["seed"],
+        include_num_input_tokens_seen="non_padding", run_name=desc, **_checkpointing(gradient_checkpointing))
+
+def _sft_trainer(trl, model, tokenizer, args, data:Dataset, peft_cfg, cb:EvalCallback):
+    "TRL's `SFTTrainer`, printing through `cb` (one line per evaluation) instead of one line per step."
+    with eos_as_text(tokenizer):
+        trainer = trl.SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft_cfg, callbacks=[cb])
+    from transformers import PrinterCallback
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+def _save_trained(trainer, tokenizer, out:str|Path):
+    "Save the trained model (LoRA: adapter_config.json + adapter_model.safetensors) and its tokenizer; the main process writes."
+    trainer.save_model(str(out))
+    if trainer.args.should_save: tokenizer.save_pretrained(str(out))
+
 # %% ../nbs/05a_trl.ipynb #eb2a6e17
 def train_trl(model, # pretrained causal LM (`load_lm`), fp32 weights; trained in place (LoRA: adapters added in place)
               tokenizer, # its tokenizer
@@ -212,33 +268,17 @@ def train_trl(model, # pretrained causal LM (`load_lm`), fp32 weights; trained i
                     max_steps=max_steps, lr=lr, min_lr=min_lr, warmup=warmup, weight_decay=weight_decay, grad_clip=grad_clip,
                     betas=list(betas), lora=[lora, lora_alpha, lora_targets] if lora else None, seed=seed, v="trl-1")
     ck = Path(checkpoint_dir) if checkpoint_dir else None
-    if ck:  # a checkpoint belongs to one run: data, starting weights, settings
-        key = fingerprint(table_fingerprint(train, ["instruction", "input", "output"]), weights_fingerprint(model), settings)
-    last = _check_run(ck, key, resume) if ck else None
-    per_epoch = math.ceil(len(data) / (batch_size * grad_accum * int(os.environ.get("WORLD_SIZE", "1"))))
-    total = max_steps or max(1, math.ceil(epochs * per_epoch))
-    every = max(1, total // 5) if eval_every is None else (eval_every or total)
+    last, history = _resume_point(ck, train, model, settings, resume)
+    total, every = _trl_steps(len(data), batch_size, grad_accum, epochs, max_steps, eval_every)
     tmp = None if ck else tempfile.mkdtemp(prefix="smallsel-trl-")  # TRL wants an output folder even when it saves nothing
-    args = trl.SFTConfig(output_dir=str(ck or tmp), max_steps=total, per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum, learning_rate=lr, lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr": lr / 10 if min_lr is None else min_lr}, weight_decay=weight_decay,
-        warmup_steps=int(warmup * total) if warmup < 1 else int(warmup),
-        max_grad_norm=grad_clip, adam_beta1=betas[0], adam_beta2=betas[1], bf16=_bf16(precision), use_cpu=device == "cpu",
-        max_length=max_length, completion_only_loss=True, report_to=report_to, logging_steps=1, disable_tqdm=True,
-        save_strategy="steps" if ck else "no", save_steps=checkpoint_every or every, save_total_limit=2, seed=seed, data_seed=seed,
-        include_num_input_tokens_seen="non_padding", run_name=desc, **_checkpointing(gradient_checkpointing))
-    history = json.loads((Path(last)/"history.json").read_text()) if last and (Path(last)/"history.json").exists() else []
+    args = _sft_config(trl, settings, total, every, str(ck or tmp), ck is not None, checkpoint_every, gradient_checkpointing,
+                       precision, device, report_to, desc)
     cb = EvalCallback(model, tokenizer, ev, every, exact_every, eval_start, history, matmul_params(model), log)
-    with eos_as_text(tokenizer):
-        trainer = trl.SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft_cfg, callbacks=[cb])
-    from transformers import PrinterCallback
-    trainer.remove_callback(PrinterCallback)  # our callback prints one line per evaluation instead of one per step
+    trainer = _sft_trainer(trl, model, tokenizer, args, data, peft_cfg, cb)
     t0 = time.time()
     trainer.train(resume_from_checkpoint=last)
     if tmp: shutil.rmtree(tmp, ignore_errors=True)
-    if out:
-        trainer.save_model(str(out))  # the main process writes; LoRA: adapter_config.json + adapter_model.safetensors
-        if trainer.args.should_save: tokenizer.save_pretrained(str(out))
+    if out: _save_trained(trainer, tokenizer, out)
     model.eval()
     tokens = int(trainer.state.num_input_tokens_seen)
     return TrainResult(history, total, len(train), tokens, train_flops(cb.n_params, tokens), cb.n_params, round(time.time() - t0, 2),

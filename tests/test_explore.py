@@ -128,6 +128,7 @@ def test_rank_scatter_only_with_large(scored):
     assert "Spearman" in ax.get_title() and "large_loss" in ex.column.options
 
 
+@pytest.mark.slow
 def test_cache_and_redundant_updates(scored):
     ex = SelectionExplorer(scored, keep=0.5)
     ex.keep.value = 0.3; ex.keep.value = 0.5
