@@ -6,7 +6,7 @@
 from __future__ import annotations
 import hashlib, os, socket, time, uuid, warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Iterator
@@ -17,9 +17,10 @@ import torch
 from datasets import Dataset
 
 from fastcore.script import Param
-from .core import SmallselError, cache_root, fingerprint, table_fingerprint, atomic_write, check_output
+from .core import SmallselError, cache_root, fingerprint, table_fingerprint, atomic_write, check_output, settings_with
+from fastcore.meta import delegates
 from .io import check_rows_out, stream_files
-from .scoring import ScoringJob, arrow_table, attach_scores, error_summary, parse_columns, plan_shards, prepare_scoring, score
+from .scoring import ScoringJob, arrow_table, attach_scores, error_summary, parse_columns, plan_shards, prepare_scoring, score, ScoreSettings
 from .lm import Ragged, as_lm
 
 # %% auto #0
@@ -185,32 +186,25 @@ def run_job(job:ScoringJob, # a prepared job (`scoring.prepare_scoring`) with a 
     return attach_scores(job, full), reports
 
 # %% ../nbs/10_distributed.ipynb #f8829c3b
+@delegates(ScoreSettings)
 def score_distributed(data, # rows: anything `data.load_rows` reads, or a `Dataset` in canonical shape
                       model, # a model name/path/alias/preset (`models.load_lm`) or a (model, tokenizer) pair
                       out:str|Path|None=None, # file rank 0 writes (.parquet or .jsonl); None: only return the rows
-                      template:str="alpaca", # prompt template: alpaca, chat or none
-                      max_length:int|None=None, # longest prompt + response in tokens (None: the model's limit, at most 1024)
-                      batch_tokens:int|None=None, # padded tokens per forward (default: 4096 on CPU, from free memory on GPU)
-                      device:str="auto", # auto (each rank its own GPU, else CPU), cpu, cuda
-                      dtype:str="auto", # auto, float32, bfloat16
+                      settings:ScoreSettings|None=None, # how to score (device auto: each rank its own GPU, else CPU); keyword arguments override it
                       cache_dir:str|Path|None=None, # shard cache shared by all ranks (None: `$SMALLSEL_CACHE/scores`)
-                      per_token:bool=False, # also return per-token conditional losses (`token_losses` column)
-                      system:str|None=None, # system prompt for the chat template (None: none given)
-                      shard_rows:int=2048, # rows per cached shard (the unit of work and of resuming)
-                      prefix_cache:bool=True, # encode shared prompt prefixes once (faster, same scores)
                       timeout_s:float=86400, # how long ranks wait for the slowest one at the end
                       verbose:bool=True, # print the tokenization summary and the per-rank report (rank 0)
                       errors:str|None=None, # bad rows: fail, skip or report (`scoring.prepare_scoring`)
-                     )->Dataset|None: # the scored rows on rank 0, None on the other ranks
+                      **kwargs)->Dataset|None: # the scored rows on rank 0, None on the other ranks
     "Score `data` with every process of a torchrun / accelerate launch; rank 0 merges, writes `out`, returns the rows."
     from smallsel_nb.data import save_rows
     if cache_dir is False: raise SmallselError("score_distributed exchanges shards through the cache folder: cache_dir=False is not possible")
     if out is not None: check_rows_out(out)
+    s = settings_with(ScoreSettings, settings, kwargs, "score_distributed")
     ranks = init_ranks(timeout_s)
     try:
-        job = prepare_scoring(data, model, template, max_length, batch_tokens, rank_device(device, ranks.local_rank), dtype,
-                              cache_dir, per_token, system, shard_rows, prefix_cache, verbose=verbose and ranks.rank == 0,
-                              errors=errors)
+        job = prepare_scoring(data, model, replace(s, device=rank_device(s.device, ranks.local_rank)), cache_dir=cache_dir,
+                              verbose=verbose and ranks.rank == 0, errors=errors)
         check_shared_folder(job.store.root.parent, ranks)
         ds, reports = run_job(job, ranks)
         if ds is not None and verbose and ranks.world > 1: print(rank_summary(reports, job.n_shards))
@@ -374,40 +368,34 @@ def concat_parts(parts:list[Path], # part files, in order
     return out
 
 # %% ../nbs/10_distributed.ipynb #f219d4a8
-def _stream_settings(m, template, max_length, per_token, system, shard_rows, chunk_rows, source:ChunkSource)->dict:
+def _stream_settings(m, s:ScoreSettings, chunk_rows:int, source:ChunkSource)->dict:
     "What the ranks must agree on, and what names a part file (besides the chunk's content)."
     from smallsel_nb.models import model_identity
-    return dict(source=source.signature, model=model_identity(m), template=template, system=system, max_length=max_length,
-                per_token=per_token, dtype=str(next(m.parameters()).dtype), shard_rows=shard_rows, chunk_rows=chunk_rows,
+    return dict(source=source.signature, model=model_identity(m), template=s.template, system=s.system, max_length=s.max_length,
+                per_token=s.per_token, dtype=str(next(m.parameters()).dtype), shard_rows=s.shard_rows, chunk_rows=chunk_rows,
                 version=1)
 
+@delegates(ScoreSettings)
 def score_stream(source, # .parquet / .jsonl file, a folder of them, or a `datasets` (Iterable)Dataset
                  model, # a model name/path/alias/preset (`models.load_lm`) or a (model, tokenizer) pair
                  out:str|Path, # the output file (.parquet or .jsonl), written by rank 0
                  chunk_rows:int=100_000, # rows per chunk (memory is bounded by one chunk)
-                 template:str="alpaca", # prompt template: alpaca, chat or none
-                 max_length:int|None=None, # longest prompt + response in tokens (None: the model's limit, at most 1024)
-                 batch_tokens:int|None=None, # padded tokens per forward (default: 4096 on CPU, from free memory on GPU)
-                 device:str="auto", # auto (each rank its own GPU, else CPU), cpu, cuda
-                 dtype:str="auto", # auto, float32, bfloat16
+                 settings:ScoreSettings|None=None, # how to score (device auto: each rank its own GPU, else CPU); keyword arguments override it
                  cache_dir:str|Path|None=None, # shard and part cache shared by all ranks (None: `$SMALLSEL_CACHE/scores`)
-                 per_token:bool=False, # also write per-token conditional losses (`token_losses` column)
-                 system:str|None=None, # system prompt for the chat template (None: none given)
-                 shard_rows:int=2048, # rows per cached shard inside a chunk
-                 prefix_cache:bool=True, # encode shared prompt prefixes once (faster, same scores)
                  keep_parts:bool=False, # keep the part files after writing `out` (default: delete them)
                  timeout_s:float=86400, # how long ranks wait for the slowest one at the end
-                )->dict|None: # on rank 0: rows, truncated, errors, chunks computed / reused, out; None elsewhere
+                 **kwargs)->dict|None: # on rank 0: rows, truncated, errors, chunks computed / reused, out; None elsewhere
     "Score a pool chunk by chunk with constant memory, with one or many processes; rank 0 writes `out`."
     if cache_dir is False: raise SmallselError("score_stream keeps its chunks in the cache folder: cache_dir=False is not possible")
     check_rows_out(out)  # before any work: a bad output path fails at once
     src = chunk_source(source, chunk_rows)
+    s = settings_with(ScoreSettings, settings, kwargs, "score_stream")
     ranks = init_ranks(timeout_s)
     try:
-        dev = rank_device(device, ranks.local_rank)
-        m, tok, _ = as_lm(model, dtype, dev)  # once for all chunks, with the scoring engine's dtype policy
-        settings = _stream_settings(m, template, max_length, per_token, system, shard_rows, chunk_rows, src)
-        check_same_settings(settings, ranks, what="stream")
+        dev = rank_device(s.device, ranks.local_rank)
+        m, tok, _ = as_lm(model, s.dtype, dev)  # once for all chunks, with the scoring engine's dtype policy
+        agreed = _stream_settings(m, s, chunk_rows, src)
+        check_same_settings(agreed, ranks, what="stream")
         parts_dir = Path(cache_dir or cache_root()/"scores")/"parts"
         parts_dir.mkdir(parents=True, exist_ok=True)
         check_shared_folder(parts_dir, ranks)
@@ -416,12 +404,11 @@ def score_stream(source, # .parquet / .jsonl file, a folder of them, or a `datas
             for c, start, load in src.chunks():
                 if c % ranks.world != ranks.rank: continue
                 raw = load()
-                path = parts_dir/f"part-{fingerprint(settings, table_fingerprint(raw), start, out_id)}.parquet"
+                path = parts_dir/f"part-{fingerprint(agreed, table_fingerprint(raw), start, out_id)}.parquet"
                 if part_ok(path, raw.num_rows): stats["chunks_reused"] += 1
                 else:
-                    job = prepare_scoring(chunk_rows_canonical(raw, start, src.name), (m, tok), template, max_length, batch_tokens,
-                                          dev, dtype, cache_dir, per_token, system, shard_rows, prefix_cache, verbose=False,
-                                          identity=settings["model"])  # the weights are hashed once, not per chunk
+                    job = prepare_scoring(chunk_rows_canonical(raw, start, src.name), (m, tok), replace(s, device=str(dev)),
+                                          cache_dir=cache_dir, verbose=False, identity=agreed["model"])  # the weights are hashed once, not per chunk
                     res = job.run(desc=f"chunk {c} (rows {start:,}-{start + raw.num_rows - 1:,})")
                     write_part(attach_scores(job, res), path)
                     stats["chunks_scored"] += 1; stats["shards_scored"] += res["shards_computed"]; stats["shards_cached"] += res["shards_cached"]
@@ -487,8 +474,8 @@ def cli_score(data:str, # rows to score: .jsonl/.json/.parquet/.csv file, datase
     if columns or turns != "first":  # read here so that distributed scoring gets the same rows
         from smallsel_nb.data import load_rows
         data = load_rows(data, schema=parse_columns(columns) or "auto", errors="report", turns=turns, keep_conversation=True)
-    kw = dict(template=template, max_length=max_length, batch_tokens=batch_tokens, device=device, dtype=dtype,
-              cache_dir=cache_dir, per_token=per_token, system=system, errors=errors)
+    kw = dict(settings=ScoreSettings(template=template, max_length=max_length, batch_tokens=batch_tokens, device=device, dtype=dtype,
+                                     per_token=per_token, system=system), cache_dir=cache_dir, errors=errors)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun / accelerate launch: one share per rank
         res = score_distributed(data, model, out=out, **kw)
         if res is None: return None  # not rank 0: rank 0 writes the merged file
@@ -521,8 +508,8 @@ def cli_score_stream(data:str, # .parquet or .jsonl file, or a folder of them (r
     if local_only:
         from smallsel_nb.models import local_model
         model = local_model(model)  # a cached hub id becomes its snapshot folder: no network access
-    s = score_stream(data, model, out, chunk_rows, template, max_length, batch_tokens, device, dtype, cache_dir, per_token,
-                     system, shard_rows)
+    s = score_stream(data, model, out, chunk_rows, ScoreSettings(template=template, max_length=max_length, batch_tokens=batch_tokens,
+                     device=device, dtype=dtype, per_token=per_token, system=system, shard_rows=shard_rows), cache_dir=cache_dir)
     if s is None: return None
     print(f"scored {s['rows']:,} rows in {s['chunks']} chunks ({s['chunks_reused']} reused) with {model} on {s['ranks']} "
           f"rank(s) in {time.time() - t0:.1f}s -> {out}")
