@@ -22,7 +22,8 @@ from .select import Columns, RECIPES, STRATEGIES, Selection, strategy_pipeline, 
 
 # %% auto #0
 __all__ = ['SCORE_COLUMNS', 'GROUP_COLUMNS', 'LABEL_COLUMNS', 'CORRECT_LABELS', 'DEFAULT_METHOD', 'DEFAULT_KEEP', 'METHODS',
-           'plot_workflow', 'cut_points', 'kept_counts', 'SelectionExplorer']
+           'plot_workflow', 'cut_points', 'kept_counts', 'SelectionExplorer', 'captured_outputs', 'show_outputs',
+           'LabMode']
 
 # %% ../nbs/09_explore.ipynb #66d019d4
 _COLORS = {"data": "#e8eef7", "small": "#dff0d8", "select": "#fcf3cf", "large": "#fde2cf", "eval": "#eadcf2", "loop": "#fff7f0"}
@@ -439,3 +440,55 @@ def _ipython_display_(self):
 
 @patch_to(SelectionExplorer)
 def __repr__(self): return f"SelectionExplorer({self.cols.n:,} rows; {self.selection!r})"
+
+# %% ../nbs/09_explore.ipynb #d1b69443
+import json, os, sys
+from contextlib import contextmanager
+from pathlib import Path
+
+# %% ../nbs/09_explore.ipynb #5ef7ad41
+def captured_outputs(out, # an `IPython.utils.capture.CapturedIO`
+                    )->list[dict]: # notebook outputs: streams first, then every display
+    "What a captured cell showed, as notebook output dicts."
+    s = [{"output_type": "stream", "name": n, "text": t} for n, t in (("stdout", out.stdout), ("stderr", out.stderr)) if t]
+    return s + [{"output_type": "display_data", "data": dict(o.data), "metadata": dict(o.metadata or {})} for o in out.outputs]
+
+def show_outputs(outputs:list[dict], # notebook output dicts (as saved in a notebook or a results file)
+                ):
+    "Show saved outputs again: streams are printed, displays re-published with all their formats."
+    from IPython.display import publish_display_data
+    for o in outputs:
+        if o["output_type"] == "stream": getattr(sys, o["name"]).write("".join(o["text"]))
+        elif "data" in o: publish_display_data({k: "".join(v) if isinstance(v, list) else v for k, v in o["data"].items()}, o.get("metadata") or {})
+
+# %% ../nbs/09_explore.ipynb #2f0e5bc0
+class LabMode:
+    "A tutorial's slow cells: run them when asked (and save what they show), else show the outputs saved last time."
+    def __init__(self, name:str, # the tutorial, e.g. "02_diagnosing_1m": its results file is `folder/name.json`
+                 run_slow:bool=False, # run the slow cells' bodies (True) or show their saved outputs (False)
+                 folder:str|Path="results", # the results files' folder (relative paths: from the notebook's folder)
+                ):
+        self.testing = os.environ.get("IN_TEST") == "1"  # nbdev_test: a slow cell runs only under `--flags slow`
+        self.run, self.path = bool(run_slow) or self.testing, Path(folder)/f"{name}.json"
+
+    def results(self)->dict:
+        "The results file: where the outputs came from, and the outputs of each slow cell by name."
+        return json.loads(self.path.read_text()) if self.path.exists() else {"cells": {}}
+
+    @contextmanager
+    def slow(self, key:str, # the slow cell's name in the results file
+            ):
+        "Yield True to run the cell's body (and save what it shows), or show the saved outputs and yield False."
+        if not self.run:
+            outs = self.results()["cells"].get(key)
+            if outs is None: print(f"slow cell {key!r}: nothing saved in {self.path}; set RUN_SLOW = True to run it")
+            else: print(f"[saved outputs of the slow cell {key!r}, from {self.path}; RUN_SLOW = True recomputes them]"); show_outputs(outs)
+            yield False; return
+        if self.testing: yield True; return
+        from IPython.utils.capture import capture_output
+        with capture_output() as out: yield True
+        out.show()
+        res = self.results(); res["cells"][key] = captured_outputs(out)
+        res["source"] = f"the slow cells' outputs, last written when the notebook ran them with RUN_SLOW = True"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(res, indent=1) + "\n")
