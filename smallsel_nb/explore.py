@@ -489,6 +489,6 @@ class LabMode:
         with capture_output() as out: yield True
         out.show()
         res = self.results(); res["cells"][key] = captured_outputs(out)
-        res["source"] = f"the slow cells' outputs, last written when the notebook ran them with RUN_SLOW = True"
+        res.setdefault("ran", {})[key] = f"{time.strftime('%Y-%m-%d')}: the cell ran with RUN_SLOW = True and wrote these outputs"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(res, indent=1) + "\n")
