@@ -22,8 +22,9 @@ from .select import Columns, Selection
 from .recipes import RECIPES, STRATEGIES, strategy_pipeline, stratify_budget
 
 # %% auto #0
-__all__ = ['SCORE_COLUMNS', 'GROUP_COLUMNS', 'LABEL_COLUMNS', 'METHODS', 'plot_workflow', 'cut_points', 'kept_counts',
-           'SelectionExplorer']
+__all__ = ['SCORE_COLUMNS', 'GROUP_COLUMNS', 'LABEL_COLUMNS', 'CORRECT_LABELS', 'DEFAULT_METHOD', 'DEFAULT_KEEP', 'METHODS',
+           'plot_workflow', 'cut_points', 'kept_counts', 'SelectionExplorer', 'captured_outputs', 'show_outputs',
+           'LabMode']
 
 # %% ../nbs/09_explore.ipynb #66d019d4
 _COLORS = {"data": "#e8eef7", "small": "#dff0d8", "select": "#fcf3cf", "large": "#fde2cf", "eval": "#eadcf2", "loop": "#fff7f0"}
@@ -119,6 +120,8 @@ def _titles(fig)->set[str]: return {t.get_text() for ax in fig.axes for t in ax.
 SCORE_COLUMNS = ("ifd", "cond_loss", "uncond_loss", "cond_ppl", "uncond_ppl", "n_response_tokens")
 GROUP_COLUMNS = ("domain", "task", "family")
 LABEL_COLUMNS = ("noise_kind", "kind")
+CORRECT_LABELS = ("clean", "duplicate", "near_duplicate")  # noise labels of correct rows (a duplicate is only redundant)
+DEFAULT_METHOD, DEFAULT_KEEP = "default", 0.3  # the package's recommendation: the default recipe at 30 %, as in the demo and README
 _STRATEGY_LABELS = {"top": "top: highest score", "bottom": "bottom: lowest score",
                     "band": "band: a band of the score", "random": "random sample"}
 METHODS = {**_STRATEGY_LABELS, **{r: f"recipe {r}: " + RECIPES[r].__doc__.rstrip(".") for r in RECIPES if r not in _STRATEGY_LABELS}}
@@ -174,12 +177,13 @@ class SelectionExplorer:
                  label:str|bool|None=None, # noise-label column (default: noise_kind or kind; False: none)
                  large:str|None=None, # a large-model loss column: adds the rank scatter
                  by:str|None=None, # the score column shown first (default: ifd when present)
-                 method:str="top", # the strategy or recipe shown first: a key of `METHODS`
-                 keep:float=0.5, # the keep fraction shown first, in (0, 1]
+                 method:str=DEFAULT_METHOD, # the strategy or recipe shown first: a key of `METHODS` (default: the default recipe)
+                 keep:float=DEFAULT_KEEP, # the keep fraction shown first, in (0, 1]
                  n_examples:int=3, # cards on each side of the cut
                  seed:int=0, # random seed of every selection (and of the scatter's sample)
                  max_points:int=4000, # points in the rank scatter (a sample of the rows)
                  cache_size:int=64, # selections kept in memory
+                 correct:Sequence[str]=CORRECT_LABELS, # noise labels of correct rows; every other label counts as corrupted
                 ):
         W = optional("ipywidgets", "notebooks")
         self.data, self.cols = scored, Columns(scored)
@@ -194,6 +198,7 @@ class SelectionExplorer:
         self.label = _pick(self.cols, label, LABEL_COLUMNS, "noise-label column")
         self.large, self.n_examples, self.seed, self.cache_size = large, n_examples, seed, cache_size
         self._codes = {c: pd.factorize(self.cols.values(c), sort=True) for c in (self.group, self.label) if c}
+        self.correct = tuple(correct)
         rng = np.random.default_rng(seed)
         self._sample = np.sort(rng.choice(self.cols.n, min(max_points, self.cols.n), replace=False))
         self._order = rng.permutation(self.cols.n)  # a fixed random order, for examples when there is no cut
@@ -342,12 +347,42 @@ def _draw_scatter(self, ax, col, mask):
     ax.set_xlabel(f"small model: rank of {col}"); ax.set_ylabel(f"large model: rank of {self.large}")
     ax.set_title(f"rank agreement (Spearman {rho:.2f}; {len(s):,} rows shown)", fontsize=10); ax.legend(fontsize=8, markerscale=3)
 
+# %% ../nbs/09_explore.ipynb #134ce542
+@patch_to(SelectionExplorer)
+def corrupted(self)->tuple[float, float]|None:
+    "Share of corrupted rows among the kept rows and in the pool (labelled rows only); None without noise labels."
+    if not self.label: return None
+    codes, names = self._codes[self.label]
+    bad = np.isin(codes, np.flatnonzero(~np.isin(np.asarray(names, dtype=str), self.correct)))
+    ok, m = codes >= 0, self.selection.mask
+    share = lambda r: float(bad[r].mean()) if r.any() else float("nan")
+    return share(ok & m), share(ok)
+
+@patch_to(SelectionExplorer, as_prop=True)
+def verdict(self)->str:
+    "One line: the selection's size and, with noise labels, the corrupted share it keeps against the pool's."
+    sel, c = self.selection, self.corrupted()
+    head = f"{sel.name}: kept {len(sel):,} of {sel.n:,} rows ({len(sel)/sel.n:.0%})"
+    if c is None: return head + "; no noise labels, so the corrupted share is unknown"
+    k, p = c
+    if np.isnan(k): return head + f"; the pool is {p:.1%} corrupted"
+    return head + f"; corrupted: {k:.1%} of the kept rows vs {p:.1%} of the pool ({'fewer' if k < p else 'not fewer'})"
+
+def _needs_large(ax):
+    "The rank panel's place when there is no large-model column: what it would show and what it needs."
+    ax.clear(); ax.axis("off")
+    ax.text(0.5, 0.5, "rank agreement with the large model:\nno large-model loss column.\nPass large='<column>' (the large model's "
+            "loss per row,\ne.g. from a seed pass) to compare ranks.", ha="center", va="center", fontsize=9, color="#555555",
+            transform=ax.transAxes)
+
+
 # %% ../nbs/09_explore.ipynb #b943e6b2
 @patch_to(SelectionExplorer)
 def draw(self)->Figure:
     "Draw the current selection into `fig` (created on first use)."
     col, sel = self.column.value, self.selection
     panels = ["hist"] + [p for p, c in (("group", self.group), ("label", self.label), ("scatter", self.large)) if c]
+    if not self.large and len(panels) % 2: panels.append("needs")  # the free slot says what the rank panel needs
     if self.fig is None:
         rows = (len(panels) + 1) // 2
         self.fig = Figure(figsize=(12, 3.8 * rows), dpi=80)  # a fixed layout: a layout engine would double the render time
@@ -360,7 +395,8 @@ def draw(self)->Figure:
     if self.group: _hbars(self.axes["group"], self.counts(self.group), f"kept vs dropped per {self.group}")
     if self.label: _hbars(self.axes["label"], self.counts(self.label), f"kept vs dropped per {self.label}")
     if self.large: self._draw_scatter(self.axes["scatter"], col, sel.mask)
-    self.fig.suptitle(f"{sel.name}: kept {len(sel):,} of {sel.n:,} rows ({len(sel)/sel.n:.1%})", fontsize=11)
+    elif "needs" in self.axes: _needs_large(self.axes["needs"])
+    self.fig.suptitle(self.verdict, fontsize=11)
     return self.fig
 
 @patch_to(SelectionExplorer)
@@ -379,7 +415,7 @@ def update(self, *_)->SelectionExplorer:
     if self._live: self.image.value = self.png()
     t3 = time.perf_counter()
     self.timing = {"select": t1 - t0, "cached": cached, "draw": t2 - t1, "render": t3 - t2, "total": t3 - t0}
-    self.status.value = (f"<b>{html.escape(sel.name)}</b>: kept {len(sel):,} of {sel.n:,} rows ({len(sel)/sel.n:.1%}); "
+    self.status.value = (f"<b>{html.escape(self.verdict)}</b><br>"
                          f"selection {'cached' if cached else f'{1e3*(t1-t0):.0f} ms'}, figure and cards {1e3*(t3-t1):.0f} ms"
                          + "".join(f"<br><b>{html.escape(n)}</b>" for n in sel.notes))
     self._drawn = k
@@ -405,3 +441,55 @@ def _ipython_display_(self):
 
 @patch_to(SelectionExplorer)
 def __repr__(self): return f"SelectionExplorer({self.cols.n:,} rows; {self.selection!r})"
+
+# %% ../nbs/09_explore.ipynb #d1b69443
+import json, os, sys
+from contextlib import contextmanager
+from pathlib import Path
+
+# %% ../nbs/09_explore.ipynb #5ef7ad41
+def captured_outputs(out, # an `IPython.utils.capture.CapturedIO`
+                    )->list[dict]: # notebook outputs: streams first, then every display
+    "What a captured cell showed, as notebook output dicts."
+    s = [{"output_type": "stream", "name": n, "text": t} for n, t in (("stdout", out.stdout), ("stderr", out.stderr)) if t]
+    return s + [{"output_type": "display_data", "data": dict(o.data), "metadata": dict(o.metadata or {})} for o in out.outputs]
+
+def show_outputs(outputs:list[dict], # notebook output dicts (as saved in a notebook or a results file)
+                ):
+    "Show saved outputs again: streams are printed, displays re-published with all their formats."
+    from IPython.display import publish_display_data
+    for o in outputs:
+        if o["output_type"] == "stream": getattr(sys, o["name"]).write("".join(o["text"]))
+        elif "data" in o: publish_display_data({k: "".join(v) if isinstance(v, list) else v for k, v in o["data"].items()}, o.get("metadata") or {})
+
+# %% ../nbs/09_explore.ipynb #2f0e5bc0
+class LabMode:
+    "A tutorial's slow cells: run them when asked (and save what they show), else show the outputs saved last time."
+    def __init__(self, name:str, # the tutorial, e.g. "02_diagnosing_1m": its results file is `folder/name.json`
+                 run_slow:bool=False, # run the slow cells' bodies (True) or show their saved outputs (False)
+                 folder:str|Path="results", # the results files' folder (relative paths: from the notebook's folder)
+                ):
+        self.testing = os.environ.get("IN_TEST") == "1"  # nbdev_test: a slow cell runs only under `--flags slow`
+        self.run, self.path = bool(run_slow) or self.testing, Path(folder)/f"{name}.json"
+
+    def results(self)->dict:
+        "The results file: where the outputs came from, and the outputs of each slow cell by name."
+        return json.loads(self.path.read_text()) if self.path.exists() else {"cells": {}}
+
+    @contextmanager
+    def slow(self, key:str, # the slow cell's name in the results file
+            ):
+        "Yield True to run the cell's body (and save what it shows), or show the saved outputs and yield False."
+        if not self.run:
+            outs = self.results()["cells"].get(key)
+            if outs is None: print(f"slow cell {key!r}: nothing saved in {self.path}; set RUN_SLOW = True to run it")
+            else: print(f"[saved outputs of the slow cell {key!r}, from {self.path}; RUN_SLOW = True recomputes them]"); show_outputs(outs)
+            yield False; return
+        if self.testing: yield True; return
+        from IPython.utils.capture import capture_output
+        with capture_output() as out: yield True
+        out.show()
+        res = self.results(); res["cells"][key] = captured_outputs(out)
+        res.setdefault("ran", {})[key] = f"{time.strftime('%Y-%m-%d')}: the cell ran with RUN_SLOW = True and wrote these outputs"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(res, indent=1) + "\n")
