@@ -8,8 +8,8 @@ NBS = Path(__file__).resolve().parent.parent/"nbs"
 NOTEBOOKS = sorted(p for p in NBS.rglob("*.ipynb") if not any(part.startswith(("_", ".")) for part in p.relative_to(NBS).parts))
 # notebooks whose fast cells still take > ~5 s (measured on 2 CPU cores), and every tutorial (20-90 s each): run by the
 # full suite, left out of the fast subset `-m "not slow"`
-SLOW = {"01a_synth", "02_models", "03_scoring", "05_train", "05a_trl", "06_compare", "07_ensemble", "08_predictor", "09_explore",
-        "10_distributed"}
+SLOW = {"01a_synth", "02_models", "03_scoring", "06_train", "06a_trl", "07_compare", "03a_ensemble", "03b_predictor", "08_explore",
+        "03c_distributed"}
 def is_slow(nb:Path)->bool: return nb.stem in SLOW or nb.relative_to(NBS).parts[0] == "tutorials"
 
 @pytest.mark.parametrize("nb", [pytest.param(p, marks=pytest.mark.slow) if is_slow(p) else p for p in NOTEBOOKS],
