@@ -1,5 +1,5 @@
 "TRL/PEFT backend: LoRA on a real pretrained model, the command line, the compare YAML, and its bad-input paths."
-import json, sys
+import importlib.util, json, sys
 from unittest.mock import patch
 import pytest
 import torch
@@ -11,7 +11,11 @@ from smallsel_nb.train_trl import fit, lora_config, cli_finetune
 from smallsel_nb.compare import cli_compare
 from smallsel_nb.cli import main
 
+# the trl/peft backend is the `[trl]` extra: without it these tests skip (the extra's own error message is tested below)
+needs_trl = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("trl", "peft")), reason="the [trl] extra (trl, peft) is not installed")
+
 @pytest.mark.slow
+@needs_trl
 def test_lora_steps_on_smollm2_lower_the_training_loss(tmp_path):
     "A few LoRA steps on SmolLM2-135M (offline alias) lower the loss on the training rows; the adapter is saved in PEFT's format."
     from importlib.metadata import PackageNotFoundError, distribution
@@ -34,6 +38,7 @@ def test_lora_steps_on_smollm2_lower_the_training_loss(tmp_path):
     PeftModel.from_pretrained(base, tmp_path/"adapter")  # PEFT injects the saved adapter into `base` in place
     assert abs(evaluate(base, t, rows, exact=False)["eval_loss"] - after) < 1e-4
 
+@needs_trl
 def test_lora_on_a_tiny_llama_preset():
     m, t = make_lm("tiny-llama", seed=0)
     assert lora_config(m, 4, targets=["q_proj", "v_proj"]).target_modules == {"q_proj", "v_proj"}
@@ -51,12 +56,13 @@ def test_finetune_backend_trl_without_trl_names_the_extra(tmp_path, capsys):
 @pytest.mark.parametrize("args, msg", [(["--lr", "nan"], "--lr nan"), (["--lr", "-1"], "--lr -1"),
                                        (["--backend", "builtin", "--lora", "4"], "needs the trl backend"),
                                        (["--backend", "trl", "--epochs", "0"], "--epochs 0"),
-                                       (["--lora", "4", "--lora-targets", "q_proj"], "'q_proj' is not in GPT2LMHeadModel; its linear modules: c_attn, c_fc, c_proj")])
+                                       pytest.param(["--lora", "4", "--lora-targets", "q_proj"], "'q_proj' is not in GPT2LMHeadModel; its linear modules: c_attn, c_fc, c_proj", marks=needs_trl)])
 def test_finetune_bad_settings(tmp_path, capsys, args, msg):
     save_rows(make_noisy_instructions(8, seed=0), tmp_path/"t.jsonl")
     with pytest.raises(SystemExit) as e: main(["finetune", str(tmp_path/"t.jsonl"), "--out", str(tmp_path/"o"), "--model", "tiny", *args])
     assert e.value.code == 2 and msg in capsys.readouterr().err and not (tmp_path/"o").exists()
 
+@needs_trl
 def test_cli_finetune_lora_saves_a_peft_adapter(tmp_path):
     save_rows(make_noisy_instructions(16, seed=0), tmp_path/"t.jsonl")
     r = cli_finetune(str(tmp_path/"t.jsonl"), out=str(tmp_path/"ft"), model="tiny", lora=4, template="none", max_steps=2, batch_size=8, device="cpu")
@@ -65,6 +71,7 @@ def test_cli_finetune_lora_saves_a_peft_adapter(tmp_path):
     assert (tmp_path/"ft"/"adapter_model.safetensors").exists() and (tmp_path/"ft"/"checkpoint"/"checkpoint-2").is_dir()
 
 @pytest.mark.slow
+@needs_trl
 def test_compare_yaml_with_a_lora_backend(tmp_path):
     cfg = tmp_path/"grid.yaml"
     cfg.write_text("""
