@@ -40,7 +40,7 @@ def default_recipe(keep:float|None=None, # fraction of the original rows to keep
                    by:str|None=None, # the budget's score column, lowest first (default ifd)
                    stratify:str|None="task", # split the budget across the groups of this column when the data has it (None: don't)
                   )->Pipeline:
-    "Dedup, heuristic prefilters, the ifd>1 rule, then the lowest IFD within each task."
+    "Dedup, heuristic prefilters, the ifd>1 rule (IFD in the bos view), then the lowest IFD within each task."
     def rule(**kw): return Stratified(Bottom(by or "ifd"), col=stratify, optional=True, **kw) if stratify else Bottom(by or "ifd", **kw)
     return Pipeline(dedup_steps() + heuristic_steps() + [IFDRule()], budget=_budget(rule, keep, keep_n), name="default")
 
@@ -55,7 +55,7 @@ def cherry_recipe(keep:float|None=None, # fraction of the original rows to keep
                   keep_n:int|None=None, # or: number of rows to keep
                   by:str|None=None, # the ranking column (default ifd)
                  )->Pipeline:
-    "Cherry-LLM style: drop ifd > 1, then the highest IFD."
+    "Cherry-LLM style: drop ifd > 1 (IFD in the bos view), then the highest IFD."
     return Pipeline([IFDRule()], budget=_budget(lambda **kw: Top(by or "ifd", **kw), keep, keep_n), name="cherry")
 
 def random_recipe(keep:float|None=None, # fraction of the original rows to keep

@@ -22,9 +22,9 @@ from .lm import (Ragged, as_lm, batch_end, default_batch_tokens, forward_nll, lm
                             model_max_length, pad_batch, pad_id_of, prefix_kv, require_fast_head)
 
 # %% auto #0
-__all__ = ['SCORE_COLUMNS', 'ERRORS', 'score_per_row', 'find_prefixes', 'assign_prefix', 'plan_shards', 'ShardScorer',
-           'shard_checksum', 'ShardStore', 'score_tokenized', 'finalize_scores', 'bad_rows', 'ScoringJob',
-           'prepare_scoring', 'attach_scores', 'score', 'parse_columns', 'Scorer', 'error_summary']
+__all__ = ['SCORE_COLUMNS', 'NO_UNCOND', 'ERRORS', 'score_per_row', 'find_prefixes', 'assign_prefix', 'plan_shards',
+           'ShardScorer', 'shard_checksum', 'ShardStore', 'score_tokenized', 'finalize_scores', 'bad_rows',
+           'ScoringJob', 'prepare_scoring', 'attach_scores', 'score', 'parse_columns', 'Scorer', 'error_summary']
 
 # %% ../nbs/03_scoring.ipynb #190541cb
 @torch.inference_mode()
@@ -269,7 +269,7 @@ def take(self:ShardStore, todo:list[int], # shard numbers this process should en
         if mine is not None: self.release(mine)
 
 # %% ../nbs/03_scoring.ipynb #39e0ef74
-SCORE_COLUMNS = ["cond_loss", "uncond_loss", "ifd", "cond_ppl", "uncond_ppl", "n_response_tokens", "score_error"]
+SCORE_COLUMNS = ["cond_loss", "uncond_loss", "ifd", "cond_ppl", "uncond_ppl", "n_response_tokens", "score_error", "uncond_view"]
 
 # %% ../nbs/03_scoring.ipynb #519b601c
 def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
@@ -320,8 +320,11 @@ def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
     return out
 
 # %% ../nbs/03_scoring.ipynb #86313d29
+NO_UNCOND = "response has 1 token: nothing to score unconditionally (uncond_view='no-bos' does not score the first token)"
+
 def finalize_scores(tok:Dataset, # tokenized rows (for `tok_error` and which rows are plain text)
                     res:dict, # from `score_tokenized`
+                    uncond_view:str, # the view `tok` was made with (`data.UNCOND_VIEWS`), recorded per row
                    )->dict[str, np.ndarray]: # the score columns
     "Turn NLL sums into the public score columns; every unscorable row gets NaN and a reason."
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -331,11 +334,12 @@ def finalize_scores(tok:Dataset, # tokenized rows (for `tok_error` and which row
     err = np.array(t["tok_error"].to_pylist(), dtype=object)
     text = Ragged(t["cond_ids"]).lengths == 0
     cond[text | (err != None)] = np.nan; unc[err != None] = np.nan
+    err[(err == None) & (res["n_uncond"] == 0)] = NO_UNCOND  # no-bos view, one response token: cond is scored, uncond is not
     bad = (err == None) & (~np.isfinite(unc) | (~text & ~np.isfinite(cond)))
     err[bad] = "non-finite loss (model produced inf/NaN)"
     return dict(cond_loss=cond, uncond_loss=unc, ifd=np.exp(cond - unc), cond_ppl=np.exp(cond), uncond_ppl=np.exp(unc),
                 n_response_tokens=np.where(text, res["n_uncond"], res["n_cond"]).astype(np.int64),
-                score_error=err.tolist())
+                score_error=err.tolist(), uncond_view=[uncond_view] * len(err))
 
 # %% ../nbs/03_scoring.ipynb #f1378f2f
 ERRORS = ("fail", "skip", "report")
@@ -387,7 +391,7 @@ def prepare_scoring(data, # rows: anything `data.load_rows` reads, or a `Dataset
           turns:str="first", # chat data (`messages`/`conversations`): score the first, last or all assistant turns (a `turn` column numbers them)
          )->ScoringJob:
     "Load rows and model, tokenize, and key the cache: a job ready to `run`."
-    from smallsel_nb.data import load_rows, tokenize_for_scoring
+    from smallsel_nb.data import load_rows, tokenize_for_scoring, uncond_view_for
     if batch_tokens is not None and batch_tokens < 1: raise SmallselError(f"--batch-tokens {batch_tokens} must be >= 1 (padded tokens per forward)")
     if max_length is not None and max_length < 1: raise SmallselError(f"--max-length {max_length} must be >= 1")
     if errors is not None and errors not in ERRORS: raise SmallselError(f"--errors {errors!r}: choose one of {', '.join(ERRORS)}")
@@ -402,9 +406,10 @@ def prepare_scoring(data, # rows: anything `data.load_rows` reads, or a `Dataset
     elif limit and max_length > limit:
         warnings.warn(f"max_length={max_length} is longer than the model's {limit} positions: using {limit}")
         max_length = limit
-    tok = tokenize_for_scoring(ds, tokenizer, template=template, max_length=max_length, system=system, verbose=verbose)
+    view = uncond_view_for(tokenizer)
+    tok = tokenize_for_scoring(ds, tokenizer, template=template, max_length=max_length, system=system, verbose=verbose, uncond_view=view)
     key = dict(data=table_fingerprint(ds, ["id", "instruction", "input", "output"]), model=identity or lm_identity(m, name),
-               template=template, system=system, max_length=max_length, per_token=per_token,
+               template=template, system=system, max_length=max_length, per_token=per_token, uncond_view=view,
                dtype=str(next(m.parameters()).dtype), shard_rows=shard_rows, version=2)  # 2: shards carry a checksum
     store = None if cache_dir is False else ShardStore(Path(cache_dir or cache_root()/"scores")/fingerprint(key), key)
     pad = pad_id_of(tokenizer)
@@ -414,7 +419,7 @@ def attach_scores(job:ScoringJob, # the prepared job
                   res:dict, # `job.run()` over all shards
                  )->Dataset: # the rows with score columns, original order
     "Add the score columns (and `truncated`, `token_losses`) to the rows."
-    cols = finalize_scores(job.tok, res)
+    cols = finalize_scores(job.tok, res, job.key["uncond_view"])
     out = job.ds.remove_columns([c for c in SCORE_COLUMNS + ["token_losses", "truncated"] if c in job.ds.column_names])
     for c in SCORE_COLUMNS: out = out.add_column(c, cols[c])
     out = out.add_column("truncated", arrow_table(job.tok)["truncated"])
@@ -473,15 +478,15 @@ class Scorer:
                 )->dict: # score column -> one value per row (cond_loss, uncond_loss, ifd, cond_ppl, uncond_ppl, n_response_tokens, score_error)
         "Score a batch of rows; the caller keeps its own columns."
         job = prepare_scoring(self.rows(batch), (self.model, self.tokenizer), cache_dir=False, verbose=False, identity=self.identity, **self.kw)
-        cols = finalize_scores(job.tok, job.run(desc=None))
-        return {c: list(cols[c]) if c == "score_error" else np.asarray(cols[c]).tolist() for c in SCORE_COLUMNS}
+        cols = finalize_scores(job.tok, job.run(desc=None), job.key["uncond_view"])
+        return {c: list(cols[c]) if c in ("score_error", "uncond_view") else np.asarray(cols[c]).tolist() for c in SCORE_COLUMNS}
 
     @staticmethod
     def features(ds:Dataset, # the data set `map` runs over
                 )->"datasets.Features": # its features plus the score columns' (so a batch without errors still has a typed `score_error`)
         "The `features=` to pass to `Dataset.map(scorer, batched=True, ...)`."
         from datasets import Features, Value
-        return Features({**ds.features, **{c: Value("string") if c == "score_error" else Value("int64") if c == "n_response_tokens"
+        return Features({**ds.features, **{c: Value("string") if c in ("score_error", "uncond_view") else Value("int64") if c == "n_response_tokens"
                                            else Value("float64") for c in SCORE_COLUMNS}})
 
 # %% ../nbs/03_scoring.ipynb #50e9626e
