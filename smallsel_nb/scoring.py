@@ -22,9 +22,10 @@ from .lm import (Ragged, as_lm, batch_end, default_batch_tokens, forward_nll, lm
                             model_max_length, pad_batch, pad_id_of, prefix_kv, require_fast_head)
 
 # %% auto #0
-__all__ = ['SCORE_COLUMNS', 'NO_UNCOND', 'ERRORS', 'score_per_row', 'find_prefixes', 'assign_prefix', 'plan_shards',
-           'ShardScorer', 'shard_checksum', 'ShardStore', 'score_tokenized', 'finalize_scores', 'bad_rows',
-           'ScoringJob', 'prepare_scoring', 'attach_scores', 'score', 'parse_columns', 'Scorer', 'error_summary']
+__all__ = ['TOKEN_LOSSES', 'SCORE_COLUMNS', 'NO_UNCOND', 'ERRORS', 'score_per_row', 'find_prefixes', 'assign_prefix',
+           'plan_shards', 'ShardScorer', 'shard_checksum', 'ShardStore', 'score_tokenized', 'finalize_scores',
+           'selective_ifd', 'bad_rows', 'ScoringJob', 'prepare_scoring', 'attach_scores', 'score', 'parse_columns',
+           'Scorer', 'error_summary']
 
 # %% ../nbs/03_scoring.ipynb #190541cb
 @torch.inference_mode()
@@ -102,8 +103,10 @@ class ShardScorer:
                  batch_tokens:int=4096, # padded tokens per forward
                  per_token:bool=False, # keep per-token conditional losses
                  bar=None, # progress bar to advance (rows)
+                 uncond_tokens:bool=False, # keep per-token unconditional losses too (same pass)
                 ):
         self.model, self.pad_id, self.prefixes, self.per_token, self.bar = model, pad_id, prefixes, per_token, bar
+        self.uncond_tokens = uncond_tokens
         self.batch_tokens, self.warned, self.tokens, self.computed = batch_tokens, False, 0, 0
         self.kv = [prefix_kv(model, p) for p in prefixes]
 
@@ -134,7 +137,7 @@ class ShardScorer:
         cost = np.where(is_cond, clen[rows], ulen[rows]) - plen
         order = np.lexsort((cost, grp))
         sums = {True: torch.full((n,), float("nan")), False: torch.full((n,), float("nan"))}
-        toks = [None] * n
+        toks = {True: [None] * n, False: [None] * n}
         pending = []
         for g in np.unique(grp):
             idx = order[grp[order] == g]
@@ -144,18 +147,18 @@ class ShardScorer:
                 it = idx[at:end]; r, c = rows[it], is_cond[it]
                 seqs = [cond_ids[x] if cc else uncond_ids[x] for x, cc in zip(r, c)]
                 st = np.where(c, resp_start[r], uncond_start[r])
-                res = self._run(seqs, st, int(g) if g >= 0 else -1, self.per_token and bool(c[0]))
+                res = self._run(seqs, st, int(g) if g >= 0 else -1, self.per_token if c[0] else self.uncond_tokens)
                 if res is None: continue  # out of memory: the same rows again, in smaller batches
                 s, t = res; at = end
                 pending.append((bool(c[0]), r, s))
                 if t is not None:
-                    for x, tt in zip(r, t): toks[x] = tt
+                    for x, tt in zip(r, t): toks[bool(c[0])][x] = tt
                 self.tokens += int(cost[it].sum() + plen[it].sum())  # every token of both views, prefix included
                 self.computed += int(cost[it].sum())  # tokens the body ran on (no cached prefix)
                 if self.bar is not None: self.bar.update(len(it) / 2); self.bar.set_postfix_str(self._rate(), refresh=False)
         for c, r, s in pending: sums[c][torch.from_numpy(r)] = s.float().cpu()  # one host sync per shard
         return dict(cond_sum=sums[True].numpy(), uncond_sum=sums[False].numpy(), n_cond=np.maximum(clen - resp_start, 0),
-                    n_uncond=np.maximum(ulen - uncond_start, 0), token_losses=toks)
+                    n_uncond=np.maximum(ulen - uncond_start, 0), token_losses=toks[True], uncond_token_losses=toks[False])
 
     def _rate(self):
         el = time.time() - self.bar.start_t if hasattr(self.bar, "start_t") else 0
@@ -163,13 +166,14 @@ class ShardScorer:
 
 # %% ../nbs/03_scoring.ipynb #897520a1
 _SUMS = ("cond_sum", "uncond_sum", "n_cond", "n_uncond")
+TOKEN_LOSSES = ("token_losses", "uncond_token_losses") # per-token losses a shard may hold: conditional, unconditional
 
 def shard_checksum(t:pa.Table, # a shard table: row, the sums, maybe token_losses
                   )->str:
     "A hash of a shard's row numbers, sums and per-token losses (stored in the shard, checked when it is read)."
     parts = [np.ascontiguousarray(t[c].to_numpy()) for c in ("row", *_SUMS)]
-    if "token_losses" in t.column_names:
-        tl = t["token_losses"].combine_chunks()
+    for c in (c for c in TOKEN_LOSSES if c in t.column_names):
+        tl = t[c].combine_chunks()
         parts += [pc.fill_null(pc.list_value_length(tl), -1).to_numpy(), pc.list_flatten(tl).to_numpy(zero_copy_only=False)]
     return fingerprint(*parts, n=32)
 
@@ -199,13 +203,15 @@ class ShardStore:
             warnings.warn(f"{p}: the cached shard does not match its checksum or its rows (changed on disk?); computing it again")
             return None
         d = {c: t[c].to_numpy() for c in _SUMS}
-        d["token_losses"] = [None if x is None else np.asarray(x, np.float32) for x in t["token_losses"].to_pylist()] if "token_losses" in t.column_names else [None] * len(rows)
+        for c in TOKEN_LOSSES:
+            d[c] = [None if x is None else np.asarray(x, np.float32) for x in t[c].to_pylist()] if c in t.column_names else [None] * len(rows)
         return d
 
-    def save(self, k:int, rows:np.ndarray, d:dict, per_token:bool):
+    def save(self, k:int, rows:np.ndarray, d:dict, per_token:bool, uncond_tokens:bool=False):
         "Write shard `k` atomically, with its checksum; release the claim on it."
         cols = {"row": rows, **{c: d[c] for c in _SUMS}}
-        if per_token: cols["token_losses"] = pa.array([None if x is None else x.astype(np.float32) for x in d["token_losses"]], pa.list_(pa.float32()))
+        for c, keep in zip(TOKEN_LOSSES, (per_token, uncond_tokens)):
+            if keep: cols[c] = pa.array([None if x is None else x.astype(np.float32) for x in d[c]], pa.list_(pa.float32()))
         t = pa.table(cols)
         t = t.replace_schema_metadata({"smallsel_checksum": shard_checksum(t)})
         with atomic_write(self.path(k)) as tmp: pq.write_table(t, tmp)
@@ -283,7 +289,8 @@ def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
                     prefix_cache:bool=True, # encode shared prompt prefixes once
                     desc:str="scoring", # progress bar label
                     compile:bool=False, # `torch.compile` the model body first (opt-in: it stays compiled; the first batches are slow)
-                   )->dict: # per-row arrays: cond_sum, uncond_sum, n_cond, n_uncond, token_losses; shards_cached, shards_computed, tokens_computed
+                    uncond_tokens:bool=False, # keep per-token unconditional losses too (`uncond_token_losses`)
+                   )->dict: # per-row arrays: cond_sum, uncond_sum, n_cond, n_uncond, token_losses, uncond_token_losses; shards_cached, shards_computed, tokens_computed
     "Run the engine over tokenized rows; finished shards are read from / written to `store`."
     batch_tokens = batch_tokens or default_batch_tokens(model)
     t = arrow_table(tok)
@@ -300,7 +307,7 @@ def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
     sample = np.random.default_rng(0).choice(n, min(n, 2000), replace=False) if n else np.array([], int)
     prefixes = find_prefixes([cond[i] for i in sample], rs[sample]) if prefix_cache else []
     out = dict(cond_sum=np.full(n, np.nan), uncond_sum=np.full(n, np.nan), n_cond=np.zeros(n, np.int64),
-               n_uncond=np.zeros(n, np.int64), token_losses=[None] * n)
+               n_uncond=np.zeros(n, np.int64), token_losses=[None] * n, uncond_token_losses=[None] * n)
     n_cached = 0
     bar = progress(total=sum(len(plan[k]) for k in todo), desc=desc, unit="rows")
     scorer = None
@@ -308,12 +315,13 @@ def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
         rows = plan[k]
         d = store.load(k, rows) if store is not None else None  # a finished shard is read once, here
         if d is None:
-            scorer = scorer or ShardScorer(model, pad_id, prefixes, batch_tokens, per_token, bar)
+            scorer = scorer or ShardScorer(model, pad_id, prefixes, batch_tokens, per_token, bar, uncond_tokens)
             d = scorer.score([cond[i] for i in rows], rs[rows], [unc[i] for i in rows], us[rows], ok[rows])
-            if store is not None: store.save(k, rows, d, per_token)
+            if store is not None: store.save(k, rows, d, per_token, uncond_tokens)
         else: bar.update(len(rows)); n_cached += 1
         for c in ("cond_sum", "uncond_sum", "n_cond", "n_uncond"): out[c][rows] = d[c]
-        for i, t in zip(rows, d["token_losses"]): out["token_losses"][i] = t
+        for c in TOKEN_LOSSES:
+            for i, t in zip(rows, d[c]): out[c][i] = t
     bar.close()
     out["shards_cached"], out["shards_computed"] = n_cached, len(todo) - n_cached
     out["tokens_computed"] = scorer.computed if scorer else 0  # tokens the body ran on here (cached prefixes and shards excluded)
@@ -340,6 +348,30 @@ def finalize_scores(tok:Dataset, # tokenized rows (for `tok_error` and which row
     return dict(cond_loss=cond, uncond_loss=unc, ifd=np.exp(cond - unc), cond_ppl=np.exp(cond), uncond_ppl=np.exp(unc),
                 n_response_tokens=np.where(text, res["n_uncond"], res["n_cond"]).astype(np.int64),
                 score_error=err.tolist(), uncond_view=[uncond_view] * len(err))
+
+# %% ../nbs/03_scoring.ipynb #16c96f64
+def selective_ifd(token_losses:list, # per row: conditional losses of the response tokens (None: not scored)
+                  uncond_token_losses:list, # per row: unconditional losses (no-bos view: one fewer, the first token has none)
+                  ratio:float=0.5, # share of all tokens (of rows scored in both views) that count: the largest |cond - uncond|
+                 )->tuple[np.ndarray, float]: # per-row selective IFD (NaN where a view is missing), and the |cond - uncond| cut
+    "T-SHIRT's selective IFD: exp of the mean cond - uncond loss over the tokens whose loss the prompt changes most."
+    if not 0 < ratio <= 1: raise SmallselError(f"ratio={ratio}: the share of tokens that count must be in (0, 1]")
+    size = lambda xs: np.array([-1 if x is None else len(x) for x in xs], np.int64)
+    lc, lu = size(token_losses), size(uncond_token_losses)
+    both = np.flatnonzero((lc >= 0) & (lu > 0))
+    if not np.isin(lc[both] - lu[both], (0, 1)).all():
+        raise SmallselError("selective_ifd: a row has more unconditional than conditional token losses, or more than one fewer")
+    out = np.full(len(lc), np.nan)
+    if not len(both): return out, float("nan")
+    c = np.concatenate([np.asarray(token_losses[i], np.float64) for i in both])
+    u = np.concatenate([np.asarray(uncond_token_losses[i], np.float64) for i in both])
+    n = lc[both]
+    first = np.arange(len(c)) - np.repeat(np.cumsum(n) - n, n) < np.repeat(n - lu[both], n)  # the no-bos view's unscored first token
+    d = c[~first] - u
+    cut = float(np.quantile(np.abs(d), 1 - ratio))
+    row, sel = np.repeat(np.arange(len(both)), lu[both]), np.abs(d) > cut
+    out[both] = np.exp(np.bincount(row, d * sel, len(both)) / np.maximum(np.bincount(row, sel, len(both)), 1))
+    return out, cut
 
 # %% ../nbs/03_scoring.ipynb #f1378f2f
 ERRORS = ("fail", "skip", "report")
