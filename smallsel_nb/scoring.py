@@ -17,15 +17,15 @@ from datasets import Dataset
 from fastcore.basics import patch
 from fastcore.meta import delegates
 from .core import (SmallselError, cache_root, fingerprint, progress, table_fingerprint, arrow_table, tf32_matmul,
-                              atomic_write, row_error)
+                              atomic_write, row_error, settings_with)
 from .lm import (Ragged, as_lm, batch_end, default_batch_tokens, forward_nll, lm_body, lm_identity,
                             model_max_length, pad_batch, pad_id_of, prefix_kv, require_fast_head)
 
 # %% auto #0
 __all__ = ['TOKEN_LOSSES', 'SCORE_COLUMNS', 'NO_UNCOND', 'ERRORS', 'score_per_row', 'find_prefixes', 'assign_prefix',
            'plan_shards', 'ShardScorer', 'shard_checksum', 'ShardStore', 'score_tokenized', 'finalize_scores',
-           'selective_ifd', 'bad_rows', 'ScoringJob', 'prepare_scoring', 'attach_scores', 'score', 'parse_columns',
-           'Scorer', 'error_summary']
+           'selective_ifd', 'add_selective_ifd', 'ScoreSettings', 'bad_rows', 'ScoringJob', 'prepare_scoring',
+           'attach_scores', 'score', 'parse_columns', 'Scorer', 'error_summary']
 
 # %% ../nbs/03_scoring.ipynb #190541cb
 @torch.inference_mode()
@@ -373,6 +373,40 @@ def selective_ifd(token_losses:list, # per row: conditional losses of the respon
     out[both] = np.exp(np.bincount(row, d * sel, len(both)) / np.maximum(np.bincount(row, sel, len(both)), 1))
     return out, cut
 
+# %% ../nbs/03_scoring.ipynb #cecf7f29
+def add_selective_ifd(scored:Dataset, # `score(..., per_token=True, uncond_tokens=True)` output (token_losses, uncond_token_losses)
+                      ratio:float=0.5, # share of all tokens that count (T-SHIRT's default 0.5)
+                     )->Dataset: # the rows with a `selective_ifd` column (NaN where a view was not scored)
+    "Add T-SHIRT's selective IFD, its token cut taken over the whole data set."
+    missing = [c for c in TOKEN_LOSSES if c not in scored.column_names]
+    if missing: raise SmallselError(f"selective IFD needs the column(s) {', '.join(missing)}: score with per_token=True, uncond_tokens=True")
+    t = arrow_table(scored)
+    as_arrays = lambda c: [None if x is None else np.asarray(x) for x in t[c].to_pylist()]
+    s, _ = selective_ifd(as_arrays("token_losses"), as_arrays("uncond_token_losses"), ratio)
+    return scored.remove_columns([c for c in ["selective_ifd"] if c in scored.column_names]).add_column("selective_ifd", s)
+
+# %% ../nbs/03_scoring.ipynb #ce05ba75
+@dataclass
+class ScoreSettings:
+    "How rows are scored (validated when made); the scores depend on these, and the cache key records them."
+    template:str="alpaca" # prompt template: alpaca, chat or none
+    max_length:int|None=None # longest prompt + response in tokens (None: the model's limit, at most 1024)
+    batch_tokens:int|None=None # padded tokens per forward (default: 4096 on CPU, from free memory on GPU)
+    device:str="auto" # auto, cpu, cuda, cuda:1, mps, ... (several processes: each rank its own GPU)
+    dtype:str="auto" # auto (bf16 on GPU and bf16-capable CPUs, else fp32), float32, bfloat16
+    per_token:bool=False # also return per-token conditional losses (`token_losses` column)
+    system:str|None=None # system prompt for the chat template (None: none given)
+    shard_rows:int=2048 # rows per cached shard (the unit of work and of resuming)
+    prefix_cache:bool=True # encode shared prompt prefixes once (faster, same scores)
+    uncond_view:str|None=None # the response alone: "bos" ([BOS] + response) or "no-bos" (its first token unscored); None: bos when the tokenizer has a BOS
+    uncond_tokens:bool=False # also return per-token unconditional losses (`uncond_token_losses` column; same pass), for `add_selective_ifd`
+    def __post_init__(self):
+        from smallsel_nb.data import UNCOND_VIEWS
+        if self.uncond_view not in (None, *UNCOND_VIEWS): raise SmallselError(f"--uncond-view {self.uncond_view!r}: choose one of {', '.join(UNCOND_VIEWS)}")
+        if self.batch_tokens is not None and self.batch_tokens < 1: raise SmallselError(f"--batch-tokens {self.batch_tokens} must be >= 1 (padded tokens per forward)")
+        if self.max_length is not None and self.max_length < 1: raise SmallselError(f"--max-length {self.max_length} must be >= 1")
+        if self.shard_rows < 1: raise SmallselError(f"--shard-rows {self.shard_rows} must be >= 1")
+
 # %% ../nbs/03_scoring.ipynb #f1378f2f
 ERRORS = ("fail", "skip", "report")
 
@@ -394,68 +428,62 @@ def bad_rows(ds:Dataset, # canonical rows, maybe with an `error` column (`load_r
 class ScoringJob:
     "Everything needed to run (part of) a scoring pass: rows, tokenized view, model, cache store, settings."
     ds: Dataset; tok: Dataset; model: object; tokenizer: object; store: ShardStore|None; key: dict
-    pad_id: int; batch_tokens: int|None; per_token: bool; shard_rows: int; prefix_cache: bool
+    pad_id: int; batch_tokens: int|None; per_token: bool; shard_rows: int; prefix_cache: bool; uncond_tokens: bool = False
 
     def run(self, shards:list[int]|None=None, desc:str|None="scoring")->dict:
         "Score these shards (default: all), reading finished ones from the cache."
         return score_tokenized(self.tok, self.model, self.pad_id, self.batch_tokens, self.per_token, self.store,
-                               self.shard_rows, shards=shards, prefix_cache=self.prefix_cache, desc=desc)
+                               self.shard_rows, shards=shards, prefix_cache=self.prefix_cache, desc=desc, uncond_tokens=self.uncond_tokens)
 
     @property
     def n_shards(self)->int: return math.ceil(len(self.tok) / self.shard_rows)
 
+@delegates(ScoreSettings)
 def prepare_scoring(data, # rows: anything `data.load_rows` reads, or a `Dataset` in canonical shape
-          model, # a model name/path/alias/preset (`models.load_lm`) or a (model, tokenizer) pair
-          template:str="alpaca", # prompt template: alpaca, chat or none
-          max_length:int|None=None, # longest prompt + response in tokens (None: the model's limit, at most 1024)
-          batch_tokens:int|None=None, # padded tokens per forward (default: 4096 on CPU, from free memory on GPU)
-          device:str="auto", # auto, cpu, cuda
-          dtype:str="auto", # auto (bf16 on GPU and bf16-capable CPUs, else fp32), float32, bfloat16
-          cache_dir:str|Path|bool|None=None, # shard cache root (None: `$SMALLSEL_CACHE/scores`; False: no cache)
-          per_token:bool=False, # also return per-token conditional losses (`token_losses` column)
-          system:str|None=None, # system prompt for the chat template (None: none given)
-          shard_rows:int=2048, # rows per cached shard
-          prefix_cache:bool=True, # encode shared prompt prefixes once (faster, same scores)
-          verbose:bool=True, # print the tokenization summary
-          identity:str|None=None, # the model's `models.model_identity` when known (skips hashing the weights again)
-          columns:dict|str|None=None, # your column names: {"instruction": "question", "output": "answer"} (or "instruction=question,...")
-          errors:str|None=None, # bad rows: fail (name them), skip (leave them out), report (keep them, unscored); None: report for a Dataset loaded with errors="report", else fail
-          turns:str="first", # chat data (`messages`/`conversations`): score the first, last or all assistant turns (a `turn` column numbers them)
-         )->ScoringJob:
+                    model, # a model name/path/alias/preset (`models.load_lm`) or a (model, tokenizer) pair
+                    settings:ScoreSettings|None=None, # how to score; keyword arguments with its field names override it
+                    cache_dir:str|Path|bool|None=None, # shard cache root (None: `$SMALLSEL_CACHE/scores`; False: no cache)
+                    verbose:bool=True, # print the tokenization summary
+                    identity:str|None=None, # the model's `models.model_identity` when known (skips hashing the weights again)
+                    columns:dict|str|None=None, # your column names: {"instruction": "question", "output": "answer"} (or "instruction=question,...")
+                    errors:str|None=None, # bad rows: fail (name them), skip (leave them out), report (keep them, unscored); None: report for a Dataset loaded with errors="report", else fail
+                    turns:str="first", # chat data (`messages`/`conversations`): score the first, last or all assistant turns (a `turn` column numbers them)
+                    **kwargs)->ScoringJob:
     "Load rows and model, tokenize, and key the cache: a job ready to `run`."
     from smallsel_nb.data import load_rows, tokenize_for_scoring, uncond_view_for
-    if batch_tokens is not None and batch_tokens < 1: raise SmallselError(f"--batch-tokens {batch_tokens} must be >= 1 (padded tokens per forward)")
-    if max_length is not None and max_length < 1: raise SmallselError(f"--max-length {max_length} must be >= 1")
+    s = settings_with(ScoreSettings, settings, kwargs, "score")
     if errors is not None and errors not in ERRORS: raise SmallselError(f"--errors {errors!r}: choose one of {', '.join(ERRORS)}")
     canonical = columns is None and isinstance(data, Dataset) and {"id", "instruction", "input", "output"} <= set(data.column_names)
     errors = errors or ("report" if canonical else "fail")  # a Dataset with an `error` column: the caller chose to report
     ds = data if canonical else load_rows(data, schema=parse_columns(columns) or "auto", errors="report", turns=turns, keep_conversation=True)
     ds = bad_rows(ds, errors, str(data) if isinstance(data, (str, Path)) else None, verbose)
     if len(ds) == 0: raise SmallselError("no rows to score")
-    m, tokenizer, name = as_lm(model, dtype, device)
+    m, tokenizer, name = as_lm(model, s.dtype, s.device)
     limit = model_max_length(m)
+    max_length = s.max_length
     if max_length is None: max_length = min(limit or 1024, 1024)
     elif limit and max_length > limit:
         warnings.warn(f"max_length={max_length} is longer than the model's {limit} positions: using {limit}")
         max_length = limit
-    view = uncond_view_for(tokenizer)
-    tok = tokenize_for_scoring(ds, tokenizer, template=template, max_length=max_length, system=system, verbose=verbose, uncond_view=view)
+    view = uncond_view_for(tokenizer, s.uncond_view)
+    tok = tokenize_for_scoring(ds, tokenizer, template=s.template, max_length=max_length, system=s.system, verbose=verbose, uncond_view=view)
     key = dict(data=table_fingerprint(ds, ["id", "instruction", "input", "output"]), model=identity or lm_identity(m, name),
-               template=template, system=system, max_length=max_length, per_token=per_token, uncond_view=view,
-               dtype=str(next(m.parameters()).dtype), shard_rows=shard_rows, version=2)  # 2: shards carry a checksum
+               template=s.template, system=s.system, max_length=max_length, per_token=s.per_token, uncond_view=view, uncond_tokens=s.uncond_tokens,
+               dtype=str(next(m.parameters()).dtype), shard_rows=s.shard_rows, version=2)  # 2: shards carry a checksum
     store = None if cache_dir is False else ShardStore(Path(cache_dir or cache_root()/"scores")/fingerprint(key), key)
     pad = pad_id_of(tokenizer)
-    return ScoringJob(ds, tok, m, tokenizer, store, key, pad, batch_tokens, per_token, shard_rows, prefix_cache)
+    return ScoringJob(ds, tok, m, tokenizer, store, key, pad, s.batch_tokens, s.per_token, s.shard_rows, s.prefix_cache, s.uncond_tokens)
 
 def attach_scores(job:ScoringJob, # the prepared job
                   res:dict, # `job.run()` over all shards
                  )->Dataset: # the rows with score columns, original order
     "Add the score columns (and `truncated`, `token_losses`) to the rows."
     cols = finalize_scores(job.tok, res, job.key["uncond_view"])
-    out = job.ds.remove_columns([c for c in SCORE_COLUMNS + ["token_losses", "truncated"] if c in job.ds.column_names])
+    out = job.ds.remove_columns([c for c in SCORE_COLUMNS + [*TOKEN_LOSSES, "truncated"] if c in job.ds.column_names])
     for c in SCORE_COLUMNS: out = out.add_column(c, cols[c])
     out = out.add_column("truncated", arrow_table(job.tok)["truncated"])
-    if job.per_token: out = out.add_column("token_losses", [None if t is None else t.tolist() for t in res["token_losses"]])
+    for c, keep in zip(TOKEN_LOSSES, (job.per_token, job.uncond_tokens)):
+        if keep: out = out.add_column(c, [None if t is None else t.tolist() for t in res[c]])
     return out
 
 # %% ../nbs/03_scoring.ipynb #7bd97e7b
@@ -480,19 +508,15 @@ def parse_columns(spec:str|dict|None, # "instruction=question,output=answer[,inp
 
 class Scorer:
     "A model loaded and fingerprinted once, scoring batches of rows (dict of lists -> dict of score-column lists)."
+    @delegates(ScoreSettings)
     def __init__(self, model, # a model name/path/alias/preset (`models.load_lm`) or a (model, tokenizer) pair
                  columns:dict|str|None=None, # canonical field -> your column ({"instruction": "question", "output": "answer"})
-                 template:str="alpaca", # prompt template: alpaca, chat or none
-                 max_length:int|None=None, # longest prompt + response in tokens (None: the model's limit, at most 1024)
-                 batch_tokens:int|None=None, # padded tokens per forward
-                 device:str="auto", # auto, cpu, cuda, cuda:1, ...
-                 dtype:str="auto", # auto, float32, bfloat16
-                 system:str|None=None, # system prompt for the chat template
-                ):
-        self.model, self.tokenizer, name = as_lm(model, dtype, device)
+                 settings:ScoreSettings|None=None, # how to score; keyword arguments with its field names override it
+                 **kwargs):
+        self.settings = settings_with(ScoreSettings, settings, kwargs, "Scorer")
+        self.model, self.tokenizer, name = as_lm(model, self.settings.dtype, self.settings.device)
         self.identity = lm_identity(self.model, name)  # hashed once, not per batch
         self.columns = parse_columns(columns)
-        self.kw = dict(template=template, max_length=max_length, batch_tokens=batch_tokens, system=system)
 
     def rows(self, batch:dict)->Dataset:
         "The batch's canonical rows (id, instruction, input, output, error): the column mapping, else the detected schema (chat: the opening exchange)."
@@ -509,7 +533,7 @@ class Scorer:
     def __call__(self, batch:dict, # equal-length lists (or arrays) per column
                 )->dict: # score column -> one value per row (cond_loss, uncond_loss, ifd, cond_ppl, uncond_ppl, n_response_tokens, score_error)
         "Score a batch of rows; the caller keeps its own columns."
-        job = prepare_scoring(self.rows(batch), (self.model, self.tokenizer), cache_dir=False, verbose=False, identity=self.identity, **self.kw)
+        job = prepare_scoring(self.rows(batch), (self.model, self.tokenizer), self.settings, cache_dir=False, verbose=False, identity=self.identity)
         cols = finalize_scores(job.tok, job.run(desc=None), job.key["uncond_view"])
         return {c: list(cols[c]) if c in ("score_error", "uncond_view") else np.asarray(cols[c]).tolist() for c in SCORE_COLUMNS}
 

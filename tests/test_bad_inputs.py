@@ -150,6 +150,7 @@ def test_bad_input_fails_cleanly_as_a_process(command, case, fx, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and msg in r.stderr, r.stderr
     if out is not None: assert not Path(out).exists()
 
+@pytest.mark.slow
 def test_hard_but_valid_rows_are_accepted(tmp_path, capsys, monkeypatch):
     "A 1 MB row, RTL and bidi marks, a NUL, emoji: not errors. They are scored (the long row truncated, flagged) and round-trip through CSV."
     import pandas as pd

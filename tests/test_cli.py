@@ -1,6 +1,6 @@
 "The `smallsel` command end to end, as a user runs it (subprocesses, the tiny preset)."
 import json, os, subprocess, sys
-import pandas as pd
+import pandas as pd, pytest
 
 ENV = {**os.environ, "SMALLSEL_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
 
@@ -13,6 +13,7 @@ def test_help_lists_every_command(tmp_path):
     out = smallsel("--help", cwd=tmp_path)
     for cmd in ("synth", "convert", "models", "score", "select"): assert cmd in out
 
+@pytest.mark.slow
 def test_synth_score_select_pipeline(tmp_path):
     smallsel("synth", "pool.jsonl", "--n", "120", cwd=tmp_path)
     smallsel("score", "pool.jsonl", "--model", "tiny", "--out", "scores.parquet", "--cache-dir", "cache", "--max-length", "256", cwd=tmp_path)
@@ -24,6 +25,7 @@ def test_synth_score_select_pipeline(tmp_path):
     report = json.loads((tmp_path/"report.json").read_text())
     assert report and "steps" in json.dumps(report)
 
+@pytest.mark.slow
 def test_bad_input_exits_with_message(tmp_path):
     (tmp_path/"bad.jsonl").write_text('{"instruction": "hi", "output": ""}\n')
     r = subprocess.run([sys.executable, "-m", "smallsel_nb.cli", "score", "bad.jsonl", "--model", "tiny", "--out", "s.parquet"],

@@ -17,6 +17,7 @@ def bench():
 
 KW = dict(template="none", max_steps=2, batch_size=16, eval_every=0, eval_start=False, log=False)
 
+@pytest.mark.slow
 def test_grid_and_accounting(bench):
     pool, ev = bench
     sel = {"low": lambda b: Pipeline([], budget=Bottom("cond_loss", keep=b))}
@@ -89,6 +90,7 @@ def test_scoring_cost(bench):
     n = scoring_tokens(pool, tok, template="none")
     assert scoring_cost(m, n).flops == 2 * matmul_params(m) * n
 
+@pytest.mark.slow
 def test_cli_compare_yaml(tmp_path, capsys):
     cfg = tmp_path/"grid.yaml"
     cfg.write_text(f"""
@@ -117,12 +119,14 @@ def test_cli_compare_bad_config(tmp_path):
     with pytest.raises(SmallselError, match="eval"): cli_compare(str(cfg))
     with pytest.raises(SmallselError, match="no such file"): cli_compare(str(tmp_path/"missing.yaml"))
 
+@pytest.mark.slow
 def test_demo_plumbing(tmp_path):
     r = run_demo(out=tmp_path, log=False, n=200, n_eval=24, large="tiny", ref_train=dict(max_steps=2), train=dict(max_steps=2, eval_every=0))
     assert list(r.stats().arm) == ["full", "random@0.3", "selected@0.3"]
     assert {p.name for p in tmp_path.iterdir()} == {"curves.png", "results.json", "table.md"}
     assert len(r.verdict()) == 1
 
+@pytest.mark.slow
 def test_yaml_grid_on_benchmark_v2_with_generation_metrics(tmp_path):
     "A YAML grid on a v2 pool, the demo's v2 selection rule, and the defect rates of greedy and sampled generations."
     cfg = tmp_path/"grid.yaml"

@@ -15,17 +15,17 @@ FP32 = dict(SCORE_KW, dtype="float32")  # chunked vs whole-pool scores agree to 
 
 # run by torchrun: score_distributed / score_stream with small shards; rank 1 can kill itself after N shards
 SCRIPT = textwrap.dedent("""
-    import os, signal, sys, torch; torch.set_num_threads(1)
+    import os, signal, sys, time, torch; torch.set_num_threads(1)
     from smallsel_nb.distributed import score_distributed, score_stream
     from smallsel_nb.scoring import ShardStore
     mode, data, out, cache = sys.argv[1:5]
     rank = int(os.environ["RANK"])
     kill_after = int(os.environ.get("KILL_RANK1_AFTER", "0"))
-    if kill_after and rank == 1:
+    if kill_after:  # rank 1 dies after N shards; rank 0 holds after N (torchrun stops it), so the run is partial at any speed
         real, n = ShardStore.save, [0]
         def save(self, *a, **k):
             real(self, *a, **k); n[0] += 1
-            if n[0] >= kill_after: os.kill(os.getpid(), signal.SIGKILL)
+            if n[0] >= kill_after: os.kill(os.getpid(), signal.SIGKILL) if rank == 1 else time.sleep(600)
         ShardStore.save = save
     max_length = 48 + (16 * rank if os.environ.get("MISMATCH") else 0)
     kw = dict(template="none", max_length=max_length, device="cpu", cache_dir=cache, shard_rows=25)
@@ -58,6 +58,7 @@ def pool(tmp_path_factory):
     make_noisy_instructions(600, seed=3).to_parquet(d/"pool.parquet")
     return d/"pool.parquet"
 
+@pytest.mark.slow
 def test_cli_two_ranks_equal_single_process(tmp_path):
     "`torchrun -m smallsel_nb.cli score` with 2 ranks writes the same file as the single-process command."
     data = tmp_path/"pool.parquet"
@@ -71,13 +72,14 @@ def test_cli_two_ranks_equal_single_process(tmp_path):
     two, one = pq.read_table(tmp_path/"two.parquet"), pq.read_table(tmp_path/"one.parquet")
     assert two.equals(one), "the 2-rank output differs from the single-process output"
 
+@pytest.mark.slow
 def test_killed_rank_resumes_with_another_world_size(tmp_path, pool):
     "Rank 1 is SIGKILLed mid-run; a rerun on 3 ranks keeps every finished shard, recomputes a truncated one, equals a fresh run."
     cache = tmp_path/"cache"
     p = torchrun(tmp_path, 2, "score", pool, tmp_path/"out.parquet", cache, env={"KILL_RANK1_AFTER": "3"}, check=False)
     assert p.returncode != 0 and not (tmp_path/"out.parquet").exists()
     done = shards(cache)
-    assert 3 <= len(done) < 24, f"expected a partial run, found {len(done)} of 24 shards"
+    assert 3 <= len(done) <= 6, f"expected 3 shards of rank 1 and at most 3 of rank 0, found {len(done)} of 24"
     victim = sorted(Path(cache).rglob("shard-*.parquet"))[0]
     victim.write_bytes(victim.read_bytes()[:60])  # a shard cut short by the crash
     p = torchrun(tmp_path, 3, "score", pool, tmp_path/"out.parquet", cache)
@@ -93,6 +95,7 @@ def test_killed_rank_resumes_with_another_world_size(tmp_path, pool):
     for c in ("cond_loss", "uncond_loss", "ifd", "n_response_tokens"):
         np.testing.assert_array_equal(got[c].to_numpy(), np.asarray(fresh[c]))
 
+@pytest.mark.slow
 def test_mismatched_settings_are_refused(tmp_path, pool):
     "Ranks launched with different max_length stop with a message naming the field and the ranks."
     p = torchrun(tmp_path, 2, "score", pool, tmp_path/"out.parquet", tmp_path/"cache", env={"MISMATCH": "1"}, check=False)
@@ -112,6 +115,7 @@ def test_unshared_cache_folder_is_refused(tmp_path):
         check_shared_folder(tmp_path, BlindPeer())
     assert list(tmp_path.iterdir()) == []
 
+@pytest.mark.slow
 def test_stream_two_ranks_equal_one(tmp_path, pool):
     "score_stream on 2 ranks (chunks dealt round-robin) writes the same file as on 1 process, then reuses every chunk."
     torchrun(tmp_path, 2, "stream", pool, tmp_path/"two.parquet", tmp_path/"cache")
@@ -121,6 +125,7 @@ def test_stream_two_ranks_equal_one(tmp_path, pool):
     again = score_stream(pool, "tiny", tmp_path/"one.parquet", chunk_rows=120, cache_dir=tmp_path/"cache1", shard_rows=25, **SCORE_KW)
     assert (again["chunks_scored"], again["shards_scored"]) == (5, 0)  # parts were deleted; every shard read back
 
+@pytest.mark.slow
 def test_stream_equals_whole_pool(tmp_path, pool):
     "Streamed scores equal whole-pool scores to float rounding, same ids and order (no id column: row-<i> of the pool)."
     t = pq.read_table(pool).drop_columns(["id"]); src = tmp_path/"noid.parquet"
@@ -133,6 +138,7 @@ def test_stream_equals_whole_pool(tmp_path, pool):
     np.testing.assert_allclose(np.array(got["ifd"], float), np.array(whole["ifd"], float), rtol=1e-5)
     assert s["rows"] == 300 and s["errors"] == {}
 
+@pytest.mark.slow
 def test_stream_resumes_after_a_crash(tmp_path, pool, monkeypatch):
     "A crash while writing chunk 3 leaves no output; the rerun reuses chunks 1-2 and the finished shards of chunk 3."
     import smallsel_nb.distributed as D

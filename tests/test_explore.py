@@ -55,7 +55,7 @@ def test_cut_points_and_counts():
 
 
 def test_keep_slider_changes_selection_cut_and_bars(scored):
-    ex = SelectionExplorer(scored, keep=0.5)
+    ex = SelectionExplorer(scored, method="top", keep=0.5)
     assert len(ex.selection) == 200 and ex.keep.continuous_update is False
     x0 = ex.axes["hist"].lines[0].get_xdata()[0]
     assert x0 == pytest.approx(scored.ifd[ex.selection.mask].min())
@@ -128,8 +128,9 @@ def test_rank_scatter_only_with_large(scored):
     assert "Spearman" in ax.get_title() and "large_loss" in ex.column.options
 
 
+@pytest.mark.slow
 def test_cache_and_redundant_updates(scored):
-    ex = SelectionExplorer(scored, keep=0.5)
+    ex = SelectionExplorer(scored, method="top", keep=0.5)
     ex.keep.value = 0.3; ex.keep.value = 0.5
     assert ex.timing["cached"] is True
     t = ex.timing

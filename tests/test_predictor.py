@@ -41,6 +41,7 @@ def test_length_features_words_and_empty():
     assert f.instruction_words.tolist() == [3, 0] and f.output_chars.tolist() == [3, 0] and f.input_words.tolist() == [0, 1]
 
 
+@pytest.mark.slow
 def test_predictor_learns_and_reports(sim):
     X, y = sim
     s = seed_rows(len(y), 0.08)

@@ -48,6 +48,7 @@ def shell_lines(text:str)->list[tuple[str, str|None]]:
         out.append((cmd, next((why for k, why in SKIP.items() if k in line), None)))
     return out
 
+@pytest.mark.slow
 def test_readme_shell(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path); monkeypatch.setenv("SMALLSEL_CACHE", str(tmp_path/"cache"))
     save_rows(make_noisy_instructions(40, seed=0), "pairs.jsonl")  # the README's pairs.jsonl, tiny
@@ -62,6 +63,7 @@ def test_readme_shell(tmp_path, monkeypatch):
     assert Path("scores.parquet").exists() and Path("kept.jsonl").exists() and Path("report.json").exists()
     assert (Path("ft")/"config.json").exists()
 
+@pytest.mark.slow
 def test_readme_python(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path); monkeypatch.setenv("SMALLSEL_CACHE", str(tmp_path/"cache"))
     ns = {}

@@ -123,20 +123,6 @@ def test_minibatch_kmeans_path():
     assert len(s) == 800
 
 
-def naive_k_center(X, n, start):
-    mind, picks = ((X - X[start]) ** 2).sum(1), [start]
-    while len(picks) < n:
-        j = int(np.argmax(mind)); picks.append(j); mind = np.minimum(mind, ((X - X[j]) ** 2).sum(1))
-    return picks
-
-
-def test_k_center_exact_greedy():
-    X = np.random.default_rng(3).normal(size=(3000, 6)).astype(np.float32)
-    assert k_center_greedy(X, 60, start=5, batch=16, chunk=500).tolist() == naive_k_center(X, 60, 5)
-    rows = np.sort(np.random.default_rng(0).choice(3000, 1000, replace=False))
-    assert k_center_greedy(X, 30, start=2, rows=rows).tolist() == naive_k_center(X[rows], 30, 2)
-
-
 def test_k_center_no_n_by_n():
     N = 20_000
     X = np.random.default_rng(0).normal(size=(N, 16)).astype(np.float32)
@@ -328,16 +314,8 @@ def test_nan_raise(df):
         Top("ifd", keep_n=5)(df, nan="raise")
 
 
-def test_nan_policy_unknown():
-    with pytest.raises(SmallselError, match="choose one of drop, keep, raise"): Pipeline([], nan="ignore")
-
-
 def test_budget_larger_than_data(df):
     with pytest.raises(SmallselError, match="keep_n=1000 is larger than the data"): Top("ifd", keep_n=1000)(df)
-
-
-def test_empty_input(df):
-    with pytest.raises(SmallselError, match="no rows to select from"): Top("ifd", keep_n=1)(df.iloc[:0])
 
 
 @pytest.mark.parametrize("keep", [0, -0.1, 1.5])

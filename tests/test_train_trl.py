@@ -64,6 +64,7 @@ def test_cli_finetune_lora_saves_a_peft_adapter(tmp_path):
     assert h["backend"] == "trl" and h["steps"] == 2 and r.history[-1]["lr"] <= 2e-4
     assert (tmp_path/"ft"/"adapter_model.safetensors").exists() and (tmp_path/"ft"/"checkpoint"/"checkpoint-2").is_dir()
 
+@pytest.mark.slow
 def test_compare_yaml_with_a_lora_backend(tmp_path):
     cfg = tmp_path/"grid.yaml"
     cfg.write_text("""
