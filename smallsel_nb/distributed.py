@@ -17,7 +17,7 @@ import torch
 from datasets import Dataset
 
 from fastcore.script import Param
-from .core import SmallselError, cache_root, fingerprint, table_fingerprint, atomic_write, check_output, settings_with
+from .core import SmallselError, cache_root, fingerprint, table_fingerprint, atomic_write, settings_with
 from fastcore.meta import delegates
 from .io import check_rows_out, stream_files
 from .scoring import ScoringJob, arrow_table, attach_scores, error_summary, parse_columns, plan_shards, prepare_scoring, score, ScoreSettings
@@ -471,7 +471,7 @@ def cli_score(data:str, # rows to score: .jsonl/.json/.parquet/.csv file, datase
     from smallsel_nb.data import save_rows
     from smallsel_nb.models import local_model
     if local_only: model = local_model(model)  # a cached hub id becomes its snapshot folder: no network access
-    check_output(out, (".parquet", ".jsonl"))  # before any work: a bad output path fails at once
+    check_rows_out(out)  # before any work: a bad output path fails at once
     t0 = time.time()
     if columns or turns != "first":  # read here so that distributed scoring gets the same rows
         from smallsel_nb.data import load_rows

@@ -511,19 +511,24 @@ class Scorer:
     @delegates(ScoreSettings)
     def __init__(self, model, # a model name/path/alias/preset (`models.load_lm`) or a (model, tokenizer) pair
                  columns:dict|str|None=None, # canonical field -> your column ({"instruction": "question", "output": "answer"})
+                 turns:str="first", # chat data: score the first or the last assistant turn of each conversation (one score per row)
                  settings:ScoreSettings|None=None, # how to score; keyword arguments with its field names override it
                  **kwargs):
+        if turns not in ("first", "last"):
+            raise SmallselError(f"Scorer(turns={turns!r}): a batch callable returns one score per input row, so turns is first or last; "
+                                "`score(..., turns='all')` scores every assistant turn as its own row")
+        self.turns = turns
         self.settings = settings_with(ScoreSettings, settings, kwargs, "Scorer")
         self.model, self.tokenizer, name = as_lm(model, self.settings.dtype, self.settings.device)
         self.identity = lm_identity(self.model, name)  # hashed once, not per batch
         self.columns = parse_columns(columns)
 
     def rows(self, batch:dict)->Dataset:
-        "The batch's canonical rows (id, instruction, input, output, error): the column mapping, else the detected schema (chat: the opening exchange)."
+        "The batch's canonical rows (id, instruction, input, output, error): the column mapping, else the detected schema (chat: the first or last exchange)."
         from smallsel_nb.data import SCHEMAS, column_schema, detect_schema
         cols = list(batch)
         s = column_schema(self.columns, cols, "the batch") if self.columns else SCHEMAS[detect_schema(cols, "the batch")]
-        conv = s.convert(pa.table({c: list(batch[c]) for c in cols}), "first")
+        conv = s.convert(pa.table({c: list(batch[c]) for c in cols}), self.turns)
         n = len(conv.fields["output"])
         fill = lambda a: pa.compute.fill_null(a.cast(pa.string()), "")
         err = pa.array([conv.errors.get(i) for i in range(n)], pa.string())  # a broken conversation: NaN scores and the reason

@@ -17,8 +17,8 @@ import pyarrow.compute as pc
 from .core import SmallselError, row_error, atomic_write, unique_names
 
 # %% auto #0
-__all__ = ['NAN_POLICIES', 'IFD_REASON', 'Columns', 'Verdict', 'reasons', 'Step', 'Budget', 'Selection', 'Unscored', 'Pipeline',
-           'Top', 'Bottom', 'Threshold', 'Percentile', 'IFDRule', 'Band', 'Random']
+__all__ = ['NAN_POLICIES', 'IFD_REASON', 'LEDGER_STAGES', 'Columns', 'Verdict', 'reasons', 'Step', 'Budget', 'Selection',
+           'Unscored', 'Pipeline', 'Top', 'Bottom', 'Threshold', 'Percentile', 'IFDRule', 'Band', 'ledger', 'Random']
 
 # %% ../nbs/04_select.ipynb #fdf862c7
 def _is_dataset(data)->bool: return hasattr(data, "data") and hasattr(data, "column_names") and hasattr(data, "_indices")
@@ -504,6 +504,23 @@ class Band(Budget):
         start = {"low": 0, "middle": (f - n) // 2, "high": f - n}[self.band]
         return o[start:start + n]
     def reason(self, n): return f"outside the {self.band} band of {self.by}"
+
+# %% ../nbs/04_select.ipynb #1cbe9d79
+LEDGER_STAGES = ("load", "score", "select", "kept")
+
+def ledger(sel:Selection, # a selection over scored rows (a `score_error` column is read when present)
+          )->pd.DataFrame: # one row per input row: id, stage (load, score, select, kept), reason (None when kept)
+    "Where each row stopped on its way from the raw file to the kept subset, and why, in one schema."
+    reason = pd.Series(sel.drop_reason, dtype=object)
+    stage = pd.Series(np.where(sel.mask, "kept", "select"), dtype=object)
+    cols = Columns(sel.data)
+    if "score_error" in cols.names:
+        err = cols.values("score_error").reset_index(drop=True)
+        hit = err.notna().to_numpy() & ~sel.mask   # a row the scorer could not score and a step then dropped
+        reason[hit] = err[hit]
+        stage[hit] = np.where(err[hit].astype(str).str.startswith("bad row"), "load", "score")
+    ids = sel._ids if sel._ids is not None else np.arange(sel.n)
+    return pd.DataFrame({"id": ids, "stage": pd.Categorical(stage, LEDGER_STAGES), "reason": reason})
 
 # %% ../nbs/04_select.ipynb #ddf39b32
 @dataclass
