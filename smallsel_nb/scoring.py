@@ -5,6 +5,7 @@
 # %% ../nbs/03_scoring.ipynb #7cc76c44
 from __future__ import annotations
 import json, math, os, socket, time, warnings
+import dataclasses
 from dataclasses import dataclass
 from collections import Counter
 from pathlib import Path
@@ -400,8 +401,10 @@ class ScoreSettings:
     prefix_cache:bool=True # encode shared prompt prefixes once (faster, same scores)
     uncond_view:str|None=None # the response alone: "bos" ([BOS] + response) or "no-bos" (its first token unscored); None: bos when the tokenizer has a BOS
     uncond_tokens:bool=False # also return per-token unconditional losses (`uncond_token_losses` column; same pass), for `add_selective_ifd`
+    selective:float|None=None # add T-SHIRT's `selective_ifd` over this share of the tokens (e.g. 0.5); keeps both views' per-token losses
     def __post_init__(self):
         from smallsel_nb.data import UNCOND_VIEWS
+        if self.selective is not None and not 0 < self.selective <= 1: raise SmallselError(f"--selective {self.selective}: the share of tokens that count must be in (0, 1]")
         if self.uncond_view not in (None, *UNCOND_VIEWS): raise SmallselError(f"--uncond-view {self.uncond_view!r}: choose one of {', '.join(UNCOND_VIEWS)}")
         if self.batch_tokens is not None and self.batch_tokens < 1: raise SmallselError(f"--batch-tokens {self.batch_tokens} must be >= 1 (padded tokens per forward)")
         if self.max_length is not None and self.max_length < 1: raise SmallselError(f"--max-length {self.max_length} must be >= 1")
@@ -428,7 +431,7 @@ def bad_rows(ds:Dataset, # canonical rows, maybe with an `error` column (`load_r
 class ScoringJob:
     "Everything needed to run (part of) a scoring pass: rows, tokenized view, model, cache store, settings."
     ds: Dataset; tok: Dataset; model: object; tokenizer: object; store: ShardStore|None; key: dict
-    pad_id: int; batch_tokens: int|None; per_token: bool; shard_rows: int; prefix_cache: bool; uncond_tokens: bool = False
+    pad_id: int; batch_tokens: int|None; per_token: bool; shard_rows: int; prefix_cache: bool; uncond_tokens: bool = False; selective: float|None = None
 
     def run(self, shards:list[int]|None=None, desc:str|None="scoring")->dict:
         "Score these shards (default: all), reading finished ones from the cache."
@@ -452,6 +455,7 @@ def prepare_scoring(data, # rows: anything `data.load_rows` reads, or a `Dataset
     "Load rows and model, tokenize, and key the cache: a job ready to `run`."
     from smallsel_nb.data import load_rows, tokenize_for_scoring, uncond_view_for
     s = settings_with(ScoreSettings, settings, kwargs, "score")
+    if s.selective: s = dataclasses.replace(s, per_token=True, uncond_tokens=True)  # selective IFD reads both views' token losses
     if errors is not None and errors not in ERRORS: raise SmallselError(f"--errors {errors!r}: choose one of {', '.join(ERRORS)}")
     canonical = columns is None and isinstance(data, Dataset) and {"id", "instruction", "input", "output"} <= set(data.column_names)
     errors = errors or ("report" if canonical else "fail")  # a Dataset with an `error` column: the caller chose to report
@@ -472,19 +476,19 @@ def prepare_scoring(data, # rows: anything `data.load_rows` reads, or a `Dataset
                dtype=str(next(m.parameters()).dtype), shard_rows=s.shard_rows, version=2)  # 2: shards carry a checksum
     store = None if cache_dir is False else ShardStore(Path(cache_dir or cache_root()/"scores")/fingerprint(key), key)
     pad = pad_id_of(tokenizer)
-    return ScoringJob(ds, tok, m, tokenizer, store, key, pad, s.batch_tokens, s.per_token, s.shard_rows, s.prefix_cache, s.uncond_tokens)
+    return ScoringJob(ds, tok, m, tokenizer, store, key, pad, s.batch_tokens, s.per_token, s.shard_rows, s.prefix_cache, s.uncond_tokens, s.selective)
 
 def attach_scores(job:ScoringJob, # the prepared job
                   res:dict, # `job.run()` over all shards
                  )->Dataset: # the rows with score columns, original order
-    "Add the score columns (and `truncated`, `token_losses`) to the rows."
+    "Add the score columns (and `truncated`, the per-token losses asked for, `selective_ifd`) to the rows."
     cols = finalize_scores(job.tok, res, job.key["uncond_view"])
     out = job.ds.remove_columns([c for c in SCORE_COLUMNS + [*TOKEN_LOSSES, "truncated"] if c in job.ds.column_names])
     for c in SCORE_COLUMNS: out = out.add_column(c, cols[c])
     out = out.add_column("truncated", arrow_table(job.tok)["truncated"])
     for c, keep in zip(TOKEN_LOSSES, (job.per_token, job.uncond_tokens)):
         if keep: out = out.add_column(c, [None if t is None else t.tolist() for t in res[c]])
-    return out
+    return add_selective_ifd(out, job.selective) if job.selective else out
 
 # %% ../nbs/03_scoring.ipynb #7bd97e7b
 @delegates(prepare_scoring, but=["verbose"])

@@ -340,3 +340,19 @@ def test_cli_score_uncond_view(tmp_path, capsys):
     assert set(pd.read_parquet(out)["uncond_view"]) == {"no-bos"}
     with pytest.raises(SystemExit) as e: main(["score", str(f), "--model", "tiny", "--out", str(out), "--uncond-view", "nobos"])
     assert e.value.code == 2 and "--uncond-view" in capsys.readouterr().err
+
+def test_selective_setting_adds_the_column(tmp_path):
+    "score(selective=0.5) = add_selective_ifd over score(per_token, uncond_tokens); the CLI writes it; streaming refuses it."
+    import pandas as pd
+    from smallsel_nb.scoring import add_selective_ifd
+    from smallsel_nb.distributed import score_stream
+    rows, m = make_noisy_instructions(16, seed=0), make_lm("tiny", seed=0)
+    got = score(rows, m, cache_dir=False, selective=0.5)
+    ref = add_selective_ifd(score(rows, m, cache_dir=False, per_token=True, uncond_tokens=True), 0.5)
+    np.testing.assert_allclose(np.array(got["selective_ifd"], float), np.array(ref["selective_ifd"], float), rtol=1e-6)
+    assert {"token_losses", "uncond_token_losses"} <= set(got.column_names)
+    f = tmp_path/"rows.jsonl"; rows.to_json(str(f))
+    cli_score(str(f), model="tiny", out=str(tmp_path/"s.parquet"), selective=0.5, cache_dir=str(tmp_path/"c"))
+    assert pd.read_parquet(tmp_path/"s.parquet")["selective_ifd"].notna().all()
+    with pytest.raises(SmallselError, match="--selective 0: the share"): score(rows, m, cache_dir=False, selective=0)
+    with pytest.raises(SmallselError, match="one token cut over the whole pool"): score_stream(str(f), m, tmp_path/"o.parquet", selective=0.5, cache_dir=tmp_path/"c")
