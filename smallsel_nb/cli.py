@@ -82,7 +82,7 @@ def main(argv:list[str]|None=None, # arguments (default: `sys.argv[1:]`)
     try: _run(argv[0], argv[1:])
     except SmallselError as e:
         one_line = "; ".join(l.strip() for l in str(e).splitlines() if l.strip())  # e.g. a library's multi-line reason
-        print(f"smallsel {argv[0]}: error: {one_line}", file=sys.stderr); sys.exit(2)
+        print(f"smallsel {argv[0]}: error: {one_line}", file=sys.stderr); sys.exit(getattr(e, "exit_code", 2))  # 2, or the error's own (3: a short selection)
     return 0
 
 # %% ../nbs/90_cli.ipynb #7fb14991

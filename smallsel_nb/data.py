@@ -20,11 +20,11 @@ from .core import SmallselError, row_error, fingerprint, quiet_progress
 from .io import RawTable, read_source, write_rows, check_rows_out
 
 # %% auto #0
-__all__ = ['ROLE_ALIASES', 'SCHEMAS', 'ALPACA_PROMPT_NO_INPUT', 'ALPACA_PROMPT_INPUT', 'TEMPLATES', 'TOKEN_COLUMNS',
-           'SHAREGPT_FILE', 'chat_pairs', 'Converted', 'Schema', 'detect_schema', 'column_schema', 'canonical_table',
-           'load_rows', 'save_rows', 'Template', 'get_template', 'format_prompt', 'format_response', 'truncation_plan',
-           'tokenizer_fingerprint', 'tokenize_for_scoring', 'truncation_summary', 'sharegpt_path', 'iter_json_array',
-           'load_sharegpt', 'cli_convert']
+__all__ = ['ROLE_ALIASES', 'SCHEMAS', 'ALPACA_PROMPT_NO_INPUT', 'ALPACA_PROMPT_INPUT', 'TEMPLATES', 'UNCOND_VIEWS',
+           'TOKEN_COLUMNS', 'SHAREGPT_FILE', 'chat_pairs', 'Converted', 'Schema', 'detect_schema', 'column_schema',
+           'canonical_table', 'load_rows', 'save_rows', 'Template', 'get_template', 'format_prompt', 'format_response',
+           'truncation_plan', 'uncond_view_for', 'tokenizer_fingerprint', 'tokenize_for_scoring', 'truncation_summary',
+           'sharegpt_path', 'iter_json_array', 'load_sharegpt', 'cli_convert']
 
 # %% ../nbs/01_data.ipynb #bb9443fc
 ROLE_ALIASES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "chatgpt": "assistant",
@@ -495,13 +495,24 @@ class _TokSetup:
             err = None
             if errors is not None and errors[i] is not None: err = f"bad row: {errors[i]}"
             elif not r: err = "empty response after tokenization" if R[i] == 0 else f"max_length={L} leaves no room for the response"
-            elif not self.bos and len(r) == 1: err = "response has 1 token: nothing to score unconditionally"
             out["cond_ids"].append(cond); out["resp_start"].append(int(start)); out["uncond_ids"].append(self.bos + r)
             out["uncond_start"].append(1); out["n_response_tokens"].append(0 if plain[i] else len(r))
             out["truncated"].append(bool(r_keep[i] < R[i] or (not plain[i] and p_keep[i] < P[i]))); out["tok_error"].append(err)
         return out
 
 # %% ../nbs/01_data.ipynb #9b68b379
+UNCOND_VIEWS = ("bos", "no-bos")
+
+def uncond_view_for(tokenizer, # a Hugging Face tokenizer
+                    view:str|None=None, # "bos", "no-bos", or None: "bos" when the tokenizer has a BOS token, else "no-bos"
+                   )->str: # the view of the response alone that scoring uses
+    "Check (or choose) the unconditional view: `bos` needs a BOS token to put before the response."
+    if view is None: return "bos" if tokenizer.bos_token_id is not None else "no-bos"
+    if view not in UNCOND_VIEWS: raise SmallselError(f"uncond_view={view!r}: choose one of {', '.join(UNCOND_VIEWS)}")
+    if view == "bos" and tokenizer.bos_token_id is None:
+        raise SmallselError(f"uncond_view='bos' needs a BOS token and this {type(tokenizer).__name__} has none; use uncond_view='no-bos'")
+    return view
+
 TOKEN_COLUMNS = ("cond_ids", "resp_start", "uncond_ids", "uncond_start", "n_response_tokens", "truncated", "tok_error")
 
 def _token_features(ds:Dataset)->datasets.Features:
@@ -527,7 +538,7 @@ def tokenize_for_scoring(ds:Dataset, # canonical rows (from `load_rows`)
                          add_eos:bool=False, # append the EOS token to every response
                          batch_size:int=1000, # rows per tokenizer call
                          num_proc:int|None=None, # worker processes for `Dataset.map`
-                         uncond_bos:bool=True, # start `uncond_ids` with the tokenizer's bos_token_id when it has one
+                         uncond_view:str|None=None, # "bos" or "no-bos" (`UNCOND_VIEWS`); None: bos when the tokenizer has a BOS token
                          verbose:bool=True, # print how many rows were truncated or cannot be scored
                          cache_file_name:str|None=None, # write the result to this Arrow file instead of memory (big data)
                         )->Dataset: # `ds` plus cond_ids, resp_start, uncond_ids, uncond_start, n_response_tokens, truncated, tok_error
@@ -539,7 +550,8 @@ def tokenize_for_scoring(ds:Dataset, # canonical rows (from `load_rows`)
     tails = (tpl.tail(False, tokenizer, system), tpl.tail(True, tokenizer, system))
     prefix = _special_prefix(tokenizer)
     if tokenizer.bos_token and tpl("x", "", tokenizer, system).startswith(tokenizer.bos_token): prefix = []
-    bos = [tokenizer.bos_token_id] if uncond_bos and tokenizer.bos_token_id is not None else []
+    uncond_view = uncond_view_for(tokenizer, uncond_view)
+    bos = [tokenizer.bos_token_id] if uncond_view == "bos" else []
     if add_eos and tokenizer.eos_token_id is None: raise SmallselError("add_eos=True but the tokenizer has no eos_token")
     eos = [tokenizer.eos_token_id] if add_eos else []
     least = len(prefix) + len(tokenizer(tails[1], add_special_tokens=False)["input_ids"]) + 2
@@ -547,7 +559,7 @@ def tokenize_for_scoring(ds:Dataset, # canonical rows (from `load_rows`)
     setup = _TokSetup(tokenizer, tpl, system, max_length, prefix, bos, eos, tails)
     cols = ["instruction", "input", "output"] + (["error"] if "error" in ds.column_names else [])
     keep = ds.remove_columns([c for c in TOKEN_COLUMNS if c in ds.column_names])
-    fp = fingerprint(keep._fingerprint, tokenizer_fingerprint(tokenizer), tpl.name, max_length, system, add_eos, uncond_bos, "tok-v1")
+    fp = fingerprint(keep._fingerprint, tokenizer_fingerprint(tokenizer), tpl.name, max_length, system, add_eos, uncond_view, "tok-v1")
     with quiet_progress():
         out = keep.map(setup, batched=True, batch_size=batch_size, num_proc=num_proc, input_columns=cols,
                        features=_token_features(keep), new_fingerprint=fp, desc="tokenize", cache_file_name=cache_file_name)

@@ -325,7 +325,7 @@ def chunk_rows_canonical(raw:pa.Table, # a chunk as read
     return load_rows(Dataset(raw), name=f"{name} (chunk from row {start}; row numbers count from there)")
 
 # %% ../nbs/03c_distributed.ipynb #5cc63cbb
-_FIXED_TYPES = {"score_error": pa.string(), "token_losses": pa.list_(pa.float64())}
+_FIXED_TYPES = {"score_error": pa.string(), "token_losses": pa.list_(pa.float64()), "uncond_token_losses": pa.list_(pa.float64())}
 
 def _fixed_types(t:pa.Table)->pa.Table:
     for c, ty in _FIXED_TYPES.items():
@@ -390,6 +390,7 @@ def score_stream(source, # .parquet / .jsonl file, a folder of them, or a `datas
     check_rows_out(out)  # before any work: a bad output path fails at once
     src = chunk_source(source, chunk_rows)
     s = settings_with(ScoreSettings, settings, kwargs, "score_stream")
+    if s.selective: raise SmallselError("score_stream: selective IFD needs one token cut over the whole pool; stream with uncond_tokens=True, per_token=True, then add_selective_ifd on the merged rows")
     ranks = init_ranks(timeout_s)
     try:
         dev = rank_device(s.device, ranks.local_rank)
@@ -460,6 +461,9 @@ def cli_score(data:str, # rows to score: .jsonl/.json/.parquet/.csv file, datase
               cache_dir:str=None, # shard cache folder (default: $SMALLSEL_CACHE/scores)
               system:str=None, # system prompt for the chat template (default: none)
               per_token:bool=False, # also write per-token conditional losses
+              uncond_view:Param("the response alone: bos ([BOS] + response, every token scored; Cherry-style with BOS tokenizers) or no-bos (the bare response, first token unscored; Superfiltering with GPT-2); default: bos when the tokenizer has a BOS", str, choices=["bos", "no-bos"])=None,
+              uncond_tokens:bool=False, # also write per-token unconditional losses (for selective IFD)
+              selective:float=None, # add T-SHIRT's selective_ifd over this share of the tokens (e.g. 0.5; writes both views' per-token losses)
               columns:str=None, # your column names: instruction=question,output=answer[,input=context]
               turns:Param("chat data: score the first, last or all assistant turns (a `turn` column numbers them)", str, choices=["first", "last", "all"])="first",
               local_only:bool=False, # never reach the model hub: a hub id loads only from the local HF cache
@@ -475,7 +479,9 @@ def cli_score(data:str, # rows to score: .jsonl/.json/.parquet/.csv file, datase
         from smallsel_nb.data import load_rows
         data = load_rows(data, schema=parse_columns(columns) or "auto", errors="report", turns=turns, keep_conversation=True)
     kw = dict(settings=ScoreSettings(template=template, max_length=max_length, batch_tokens=batch_tokens, device=device, dtype=dtype,
-                                     per_token=per_token, system=system), cache_dir=cache_dir, errors=errors)
+                                     per_token=per_token, system=system, uncond_view=uncond_view, uncond_tokens=uncond_tokens,
+                                     selective=selective),
+              cache_dir=cache_dir, errors=errors)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun / accelerate launch: one share per rank
         res = score_distributed(data, model, out=out, **kw)
         if res is None: return None  # not rank 0: rank 0 writes the merged file
@@ -500,6 +506,8 @@ def cli_score_stream(data:str, # .parquet or .jsonl file, or a folder of them (r
                      cache_dir:str=None, # shard and part cache, shared by all ranks (default: $SMALLSEL_CACHE/scores)
                      system:str=None, # system prompt for the chat template (default: none)
                      per_token:bool=False, # also write per-token conditional losses
+                     uncond_view:Param("the response alone: bos ([BOS] + response, every token scored; Cherry-style with BOS tokenizers) or no-bos (the bare response, first token unscored; Superfiltering with GPT-2); default: bos when the tokenizer has a BOS", str, choices=["bos", "no-bos"])=None,
+                     uncond_tokens:bool=False, # also write per-token unconditional losses (for selective IFD)
                      shard_rows:int=2048, # rows per cached shard
                      local_only:bool=False, # never reach the model hub: a hub id loads only from the local HF cache
                     ):
@@ -509,7 +517,8 @@ def cli_score_stream(data:str, # .parquet or .jsonl file, or a folder of them (r
         from smallsel_nb.models import local_model
         model = local_model(model)  # a cached hub id becomes its snapshot folder: no network access
     s = score_stream(data, model, out, chunk_rows, ScoreSettings(template=template, max_length=max_length, batch_tokens=batch_tokens,
-                     device=device, dtype=dtype, per_token=per_token, system=system, shard_rows=shard_rows), cache_dir=cache_dir)
+                     device=device, dtype=dtype, per_token=per_token, system=system, shard_rows=shard_rows,
+                     uncond_view=uncond_view, uncond_tokens=uncond_tokens), cache_dir=cache_dir)
     if s is None: return None
     print(f"scored {s['rows']:,} rows in {s['chunks']} chunks ({s['chunks_reused']} reused) with {model} on {s['ranks']} "
           f"rank(s) in {time.time() - t0:.1f}s -> {out}")

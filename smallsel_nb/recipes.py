@@ -21,7 +21,8 @@ from .diversity import Stratified, ClusterBalanced, KCenter
 
 # %% auto #0
 __all__ = ['SELECTORS', 'RECIPES', 'EXPORT_FORMATS', 'STRATEGIES', 'default_recipe', 'heuristics_recipe', 'cherry_recipe',
-           'random_recipe', 'export_table', 'strategy_pipeline', 'stratify_budget', 'cli_select']
+           'random_recipe', 'export_table', 'strategy_pipeline', 'stratify_budget', 'ShortSelection', 'shortfall',
+           'cli_select']
 
 # %% ../nbs/04d_recipes.ipynb #e5b4a19a
 SELECTORS: dict[str, Callable[..., Step]] = {
@@ -39,7 +40,7 @@ def default_recipe(keep:float|None=None, # fraction of the original rows to keep
                    by:str|None=None, # the budget's score column, lowest first (default ifd)
                    stratify:str|None="task", # split the budget across the groups of this column when the data has it (None: don't)
                   )->Pipeline:
-    "Dedup, heuristic prefilters, the ifd>1 rule, then the lowest IFD within each task."
+    "Dedup, heuristic prefilters, the ifd>1 rule (IFD in the bos view), then the lowest IFD within each task."
     def rule(**kw): return Stratified(Bottom(by or "ifd"), col=stratify, optional=True, **kw) if stratify else Bottom(by or "ifd", **kw)
     return Pipeline(dedup_steps() + heuristic_steps() + [IFDRule()], budget=_budget(rule, keep, keep_n), name="default")
 
@@ -54,7 +55,7 @@ def cherry_recipe(keep:float|None=None, # fraction of the original rows to keep
                   keep_n:int|None=None, # or: number of rows to keep
                   by:str|None=None, # the ranking column (default ifd)
                  )->Pipeline:
-    "Cherry-LLM style: drop ifd > 1, then the highest IFD."
+    "Cherry-LLM style: drop ifd > 1 (IFD in the bos view), then the highest IFD."
     return Pipeline([IFDRule()], budget=_budget(lambda **kw: Top(by or "ifd", **kw), keep, keep_n), name="cherry")
 
 def random_recipe(keep:float|None=None, # fraction of the original rows to keep
@@ -135,6 +136,21 @@ def stratify_budget(pipe:Pipeline, # a pipeline that ends with a budget step
     else: pipe.steps[-1] = Stratified(dataclasses.replace(last, keep=None, keep_n=None), col, keep=last.keep, keep_n=last.keep_n)
     return pipe
 
+class ShortSelection(SmallselError):
+    "The filters left fewer rows than the budget asked for; `smallsel select` exits 3 (0 with `--allow-short`)."
+    exit_code = 3 # the `smallsel` command's exit status for this error
+    def __init__(self, msg:str, # what was kept against what was asked for
+                 selection:Selection|None=None, # the short selection (its rows and report were written)
+                ): super().__init__(msg); self.selection = selection
+
+def shortfall(sel:Selection, # a selection that may end with a budget
+             )->str|None: # one line: kept vs asked for, or None when the budget was met (or there is none)
+    "Say when the steps before the budget left fewer rows than it was to keep."
+    b = sel.to_dict()["budget"]
+    if b is None or b["short_by"] <= 0: return None
+    return (f"budget short: kept {b['kept']:,} of {sel.n:,} rows ({b['kept'] / sel.n:.1%}) but {b['step']} was asked for "
+            f"{b['target']:,} ({b['target'] / sel.n:.1%}): the steps before it dropped more than the budget allows")
+
 def cli_select(scores:str, # scored rows: a .parquet or .jsonl file as written by `smallsel score`
                keep:float=None, # fraction of the rows to keep, in (0, 1]
                keep_n:int=None, # number of rows to keep (instead of --keep)
@@ -152,6 +168,7 @@ def cli_select(scores:str, # scored rows: a .parquet or .jsonl file as written b
                out:str=None, # write the kept rows to this .jsonl or .parquet file
                format:str="canonical", # columns of --out: canonical (every column), prompt-completion, messages (TRL) or alpaca
                seed:int=0, # random seed: the same seed gives the same selection
+               allow_short:bool=False, # accept fewer rows than --keep / --keep-n asked for when filters dropped more (else exit 3)
               )->Selection:
     "Select rows from a scored file: a strategy on one score, or a recipe; write the kept rows and a report."
     if nan not in NAN_POLICIES: raise SmallselError(f"nan={nan!r}: choose one of {', '.join(NAN_POLICIES)}")
@@ -170,5 +187,9 @@ def cli_select(scores:str, # scored rows: a .parquet or .jsonl file as written b
     sel = pipe(tbl, seed=seed, source=str(scores))
     if out is not None: write_rows(export_table(sel.subset(tbl), format), out)
     if report is not None: sel.to_json(report)
-    print(sel.summary() + (f"\n  kept rows → {out}" if out else "") + (f"\n  report → {report}" if report else ""))
+    short = shortfall(sel)
+    print(sel.summary() + (f"\n  kept rows → {out}" if out else "") + (f"\n  report → {report}" if report else "")
+          + (f"\n{short}" + ("; accepted (--allow-short)" if allow_short else "") if short else ""))
+    if short and not allow_short:
+        raise ShortSelection(f"{short}; pass --allow-short to accept it, or lower --keep / --keep-n", selection=sel)
     return sel

@@ -5,6 +5,7 @@
 # %% ../nbs/03_scoring.ipynb #7cc76c44
 from __future__ import annotations
 import json, math, os, socket, time, warnings
+import dataclasses
 from dataclasses import dataclass
 from collections import Counter
 from pathlib import Path
@@ -22,9 +23,10 @@ from .lm import (Ragged, as_lm, batch_end, default_batch_tokens, forward_nll, lm
                             model_max_length, pad_batch, pad_id_of, prefix_kv, require_fast_head)
 
 # %% auto #0
-__all__ = ['SCORE_COLUMNS', 'ERRORS', 'score_per_row', 'find_prefixes', 'assign_prefix', 'plan_shards', 'ShardScorer',
-           'shard_checksum', 'ShardStore', 'score_tokenized', 'finalize_scores', 'ScoreSettings', 'bad_rows',
-           'ScoringJob', 'prepare_scoring', 'attach_scores', 'score', 'parse_columns', 'Scorer', 'error_summary']
+__all__ = ['TOKEN_LOSSES', 'SCORE_COLUMNS', 'NO_UNCOND', 'ERRORS', 'score_per_row', 'find_prefixes', 'assign_prefix',
+           'plan_shards', 'ShardScorer', 'shard_checksum', 'ShardStore', 'score_tokenized', 'finalize_scores',
+           'selective_ifd', 'add_selective_ifd', 'ScoreSettings', 'bad_rows', 'ScoringJob', 'prepare_scoring',
+           'attach_scores', 'score', 'parse_columns', 'Scorer', 'error_summary']
 
 # %% ../nbs/03_scoring.ipynb #190541cb
 @torch.inference_mode()
@@ -102,8 +104,10 @@ class ShardScorer:
                  batch_tokens:int=4096, # padded tokens per forward
                  per_token:bool=False, # keep per-token conditional losses
                  bar=None, # progress bar to advance (rows)
+                 uncond_tokens:bool=False, # keep per-token unconditional losses too (same pass)
                 ):
         self.model, self.pad_id, self.prefixes, self.per_token, self.bar = model, pad_id, prefixes, per_token, bar
+        self.uncond_tokens = uncond_tokens
         self.batch_tokens, self.warned, self.tokens, self.computed = batch_tokens, False, 0, 0
         self.kv = [prefix_kv(model, p) for p in prefixes]
 
@@ -134,7 +138,7 @@ class ShardScorer:
         cost = np.where(is_cond, clen[rows], ulen[rows]) - plen
         order = np.lexsort((cost, grp))
         sums = {True: torch.full((n,), float("nan")), False: torch.full((n,), float("nan"))}
-        toks = [None] * n
+        toks = {True: [None] * n, False: [None] * n}
         pending = []
         for g in np.unique(grp):
             idx = order[grp[order] == g]
@@ -144,18 +148,18 @@ class ShardScorer:
                 it = idx[at:end]; r, c = rows[it], is_cond[it]
                 seqs = [cond_ids[x] if cc else uncond_ids[x] for x, cc in zip(r, c)]
                 st = np.where(c, resp_start[r], uncond_start[r])
-                res = self._run(seqs, st, int(g) if g >= 0 else -1, self.per_token and bool(c[0]))
+                res = self._run(seqs, st, int(g) if g >= 0 else -1, self.per_token if c[0] else self.uncond_tokens)
                 if res is None: continue  # out of memory: the same rows again, in smaller batches
                 s, t = res; at = end
                 pending.append((bool(c[0]), r, s))
                 if t is not None:
-                    for x, tt in zip(r, t): toks[x] = tt
+                    for x, tt in zip(r, t): toks[bool(c[0])][x] = tt
                 self.tokens += int(cost[it].sum() + plen[it].sum())  # every token of both views, prefix included
                 self.computed += int(cost[it].sum())  # tokens the body ran on (no cached prefix)
                 if self.bar is not None: self.bar.update(len(it) / 2); self.bar.set_postfix_str(self._rate(), refresh=False)
         for c, r, s in pending: sums[c][torch.from_numpy(r)] = s.float().cpu()  # one host sync per shard
         return dict(cond_sum=sums[True].numpy(), uncond_sum=sums[False].numpy(), n_cond=np.maximum(clen - resp_start, 0),
-                    n_uncond=np.maximum(ulen - uncond_start, 0), token_losses=toks)
+                    n_uncond=np.maximum(ulen - uncond_start, 0), token_losses=toks[True], uncond_token_losses=toks[False])
 
     def _rate(self):
         el = time.time() - self.bar.start_t if hasattr(self.bar, "start_t") else 0
@@ -163,13 +167,14 @@ class ShardScorer:
 
 # %% ../nbs/03_scoring.ipynb #897520a1
 _SUMS = ("cond_sum", "uncond_sum", "n_cond", "n_uncond")
+TOKEN_LOSSES = ("token_losses", "uncond_token_losses") # per-token losses a shard may hold: conditional, unconditional
 
 def shard_checksum(t:pa.Table, # a shard table: row, the sums, maybe token_losses
                   )->str:
     "A hash of a shard's row numbers, sums and per-token losses (stored in the shard, checked when it is read)."
     parts = [np.ascontiguousarray(t[c].to_numpy()) for c in ("row", *_SUMS)]
-    if "token_losses" in t.column_names:
-        tl = t["token_losses"].combine_chunks()
+    for c in (c for c in TOKEN_LOSSES if c in t.column_names):
+        tl = t[c].combine_chunks()
         parts += [pc.fill_null(pc.list_value_length(tl), -1).to_numpy(), pc.list_flatten(tl).to_numpy(zero_copy_only=False)]
     return fingerprint(*parts, n=32)
 
@@ -199,13 +204,15 @@ class ShardStore:
             warnings.warn(f"{p}: the cached shard does not match its checksum or its rows (changed on disk?); computing it again")
             return None
         d = {c: t[c].to_numpy() for c in _SUMS}
-        d["token_losses"] = [None if x is None else np.asarray(x, np.float32) for x in t["token_losses"].to_pylist()] if "token_losses" in t.column_names else [None] * len(rows)
+        for c in TOKEN_LOSSES:
+            d[c] = [None if x is None else np.asarray(x, np.float32) for x in t[c].to_pylist()] if c in t.column_names else [None] * len(rows)
         return d
 
-    def save(self, k:int, rows:np.ndarray, d:dict, per_token:bool):
+    def save(self, k:int, rows:np.ndarray, d:dict, per_token:bool, uncond_tokens:bool=False):
         "Write shard `k` atomically, with its checksum; release the claim on it."
         cols = {"row": rows, **{c: d[c] for c in _SUMS}}
-        if per_token: cols["token_losses"] = pa.array([None if x is None else x.astype(np.float32) for x in d["token_losses"]], pa.list_(pa.float32()))
+        for c, keep in zip(TOKEN_LOSSES, (per_token, uncond_tokens)):
+            if keep: cols[c] = pa.array([None if x is None else x.astype(np.float32) for x in d[c]], pa.list_(pa.float32()))
         t = pa.table(cols)
         t = t.replace_schema_metadata({"smallsel_checksum": shard_checksum(t)})
         with atomic_write(self.path(k)) as tmp: pq.write_table(t, tmp)
@@ -269,7 +276,7 @@ def take(self:ShardStore, todo:list[int], # shard numbers this process should en
         if mine is not None: self.release(mine)
 
 # %% ../nbs/03_scoring.ipynb #39e0ef74
-SCORE_COLUMNS = ["cond_loss", "uncond_loss", "ifd", "cond_ppl", "uncond_ppl", "n_response_tokens", "score_error"]
+SCORE_COLUMNS = ["cond_loss", "uncond_loss", "ifd", "cond_ppl", "uncond_ppl", "n_response_tokens", "score_error", "uncond_view"]
 
 # %% ../nbs/03_scoring.ipynb #519b601c
 def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
@@ -283,7 +290,8 @@ def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
                     prefix_cache:bool=True, # encode shared prompt prefixes once
                     desc:str="scoring", # progress bar label
                     compile:bool=False, # `torch.compile` the model body first (opt-in: it stays compiled; the first batches are slow)
-                   )->dict: # per-row arrays: cond_sum, uncond_sum, n_cond, n_uncond, token_losses; shards_cached, shards_computed, tokens_computed
+                    uncond_tokens:bool=False, # keep per-token unconditional losses too (`uncond_token_losses`)
+                   )->dict: # per-row arrays: cond_sum, uncond_sum, n_cond, n_uncond, token_losses, uncond_token_losses; shards_cached, shards_computed, tokens_computed
     "Run the engine over tokenized rows; finished shards are read from / written to `store`."
     batch_tokens = batch_tokens or default_batch_tokens(model)
     t = arrow_table(tok)
@@ -300,7 +308,7 @@ def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
     sample = np.random.default_rng(0).choice(n, min(n, 2000), replace=False) if n else np.array([], int)
     prefixes = find_prefixes([cond[i] for i in sample], rs[sample]) if prefix_cache else []
     out = dict(cond_sum=np.full(n, np.nan), uncond_sum=np.full(n, np.nan), n_cond=np.zeros(n, np.int64),
-               n_uncond=np.zeros(n, np.int64), token_losses=[None] * n)
+               n_uncond=np.zeros(n, np.int64), token_losses=[None] * n, uncond_token_losses=[None] * n)
     n_cached = 0
     bar = progress(total=sum(len(plan[k]) for k in todo), desc=desc, unit="rows")
     scorer = None
@@ -308,20 +316,24 @@ def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
         rows = plan[k]
         d = store.load(k, rows) if store is not None else None  # a finished shard is read once, here
         if d is None:
-            scorer = scorer or ShardScorer(model, pad_id, prefixes, batch_tokens, per_token, bar)
+            scorer = scorer or ShardScorer(model, pad_id, prefixes, batch_tokens, per_token, bar, uncond_tokens)
             d = scorer.score([cond[i] for i in rows], rs[rows], [unc[i] for i in rows], us[rows], ok[rows])
-            if store is not None: store.save(k, rows, d, per_token)
+            if store is not None: store.save(k, rows, d, per_token, uncond_tokens)
         else: bar.update(len(rows)); n_cached += 1
         for c in ("cond_sum", "uncond_sum", "n_cond", "n_uncond"): out[c][rows] = d[c]
-        for i, t in zip(rows, d["token_losses"]): out["token_losses"][i] = t
+        for c in TOKEN_LOSSES:
+            for i, t in zip(rows, d[c]): out[c][i] = t
     bar.close()
     out["shards_cached"], out["shards_computed"] = n_cached, len(todo) - n_cached
     out["tokens_computed"] = scorer.computed if scorer else 0  # tokens the body ran on here (cached prefixes and shards excluded)
     return out
 
 # %% ../nbs/03_scoring.ipynb #86313d29
+NO_UNCOND = "response has 1 token: nothing to score unconditionally (uncond_view='no-bos' does not score the first token)"
+
 def finalize_scores(tok:Dataset, # tokenized rows (for `tok_error` and which rows are plain text)
                     res:dict, # from `score_tokenized`
+                    uncond_view:str, # the view `tok` was made with (`data.UNCOND_VIEWS`), recorded per row
                    )->dict[str, np.ndarray]: # the score columns
     "Turn NLL sums into the public score columns; every unscorable row gets NaN and a reason."
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -331,11 +343,48 @@ def finalize_scores(tok:Dataset, # tokenized rows (for `tok_error` and which row
     err = np.array(t["tok_error"].to_pylist(), dtype=object)
     text = Ragged(t["cond_ids"]).lengths == 0
     cond[text | (err != None)] = np.nan; unc[err != None] = np.nan
+    err[(err == None) & (res["n_uncond"] == 0)] = NO_UNCOND  # no-bos view, one response token: cond is scored, uncond is not
     bad = (err == None) & (~np.isfinite(unc) | (~text & ~np.isfinite(cond)))
     err[bad] = "non-finite loss (model produced inf/NaN)"
     return dict(cond_loss=cond, uncond_loss=unc, ifd=np.exp(cond - unc), cond_ppl=np.exp(cond), uncond_ppl=np.exp(unc),
                 n_response_tokens=np.where(text, res["n_uncond"], res["n_cond"]).astype(np.int64),
-                score_error=err.tolist())
+                score_error=err.tolist(), uncond_view=[uncond_view] * len(err))
+
+# %% ../nbs/03_scoring.ipynb #16c96f64
+def selective_ifd(token_losses:list, # per row: conditional losses of the response tokens (None: not scored)
+                  uncond_token_losses:list, # per row: unconditional losses (no-bos view: one fewer, the first token has none)
+                  ratio:float=0.5, # share of all tokens (of rows scored in both views) that count: the largest |cond - uncond|
+                 )->tuple[np.ndarray, float]: # per-row selective IFD (NaN where a view is missing), and the |cond - uncond| cut
+    "T-SHIRT's selective IFD: exp of the mean cond - uncond loss over the tokens whose loss the prompt changes most."
+    if not 0 < ratio <= 1: raise SmallselError(f"ratio={ratio}: the share of tokens that count must be in (0, 1]")
+    size = lambda xs: np.array([-1 if x is None else len(x) for x in xs], np.int64)
+    lc, lu = size(token_losses), size(uncond_token_losses)
+    both = np.flatnonzero((lc >= 0) & (lu > 0))
+    if not np.isin(lc[both] - lu[both], (0, 1)).all():
+        raise SmallselError("selective_ifd: a row has more unconditional than conditional token losses, or more than one fewer")
+    out = np.full(len(lc), np.nan)
+    if not len(both): return out, float("nan")
+    c = np.concatenate([np.asarray(token_losses[i], np.float64) for i in both])
+    u = np.concatenate([np.asarray(uncond_token_losses[i], np.float64) for i in both])
+    n = lc[both]
+    first = np.arange(len(c)) - np.repeat(np.cumsum(n) - n, n) < np.repeat(n - lu[both], n)  # the no-bos view's unscored first token
+    d = c[~first] - u
+    cut = float(np.quantile(np.abs(d), 1 - ratio))
+    row, sel = np.repeat(np.arange(len(both)), lu[both]), np.abs(d) > cut
+    out[both] = np.exp(np.bincount(row, d * sel, len(both)) / np.maximum(np.bincount(row, sel, len(both)), 1))
+    return out, cut
+
+# %% ../nbs/03_scoring.ipynb #cecf7f29
+def add_selective_ifd(scored:Dataset, # `score(..., per_token=True, uncond_tokens=True)` output (token_losses, uncond_token_losses)
+                      ratio:float=0.5, # share of all tokens that count (T-SHIRT's default 0.5)
+                     )->Dataset: # the rows with a `selective_ifd` column (NaN where a view was not scored)
+    "Add T-SHIRT's selective IFD, its token cut taken over the whole data set."
+    missing = [c for c in TOKEN_LOSSES if c not in scored.column_names]
+    if missing: raise SmallselError(f"selective IFD needs the column(s) {', '.join(missing)}: score with per_token=True, uncond_tokens=True")
+    t = arrow_table(scored)
+    as_arrays = lambda c: [None if x is None else np.asarray(x) for x in t[c].to_pylist()]
+    s, _ = selective_ifd(as_arrays("token_losses"), as_arrays("uncond_token_losses"), ratio)
+    return scored.remove_columns([c for c in ["selective_ifd"] if c in scored.column_names]).add_column("selective_ifd", s)
 
 # %% ../nbs/03_scoring.ipynb #ce05ba75
 @dataclass
@@ -350,7 +399,13 @@ class ScoreSettings:
     system:str|None=None # system prompt for the chat template (None: none given)
     shard_rows:int=2048 # rows per cached shard (the unit of work and of resuming)
     prefix_cache:bool=True # encode shared prompt prefixes once (faster, same scores)
+    uncond_view:str|None=None # the response alone: "bos" ([BOS] + response) or "no-bos" (its first token unscored); None: bos when the tokenizer has a BOS
+    uncond_tokens:bool=False # also return per-token unconditional losses (`uncond_token_losses` column; same pass), for `add_selective_ifd`
+    selective:float|None=None # add T-SHIRT's `selective_ifd` over this share of the tokens (e.g. 0.5); keeps both views' per-token losses
     def __post_init__(self):
+        from smallsel_nb.data import UNCOND_VIEWS
+        if self.selective is not None and not 0 < self.selective <= 1: raise SmallselError(f"--selective {self.selective}: the share of tokens that count must be in (0, 1]")
+        if self.uncond_view not in (None, *UNCOND_VIEWS): raise SmallselError(f"--uncond-view {self.uncond_view!r}: choose one of {', '.join(UNCOND_VIEWS)}")
         if self.batch_tokens is not None and self.batch_tokens < 1: raise SmallselError(f"--batch-tokens {self.batch_tokens} must be >= 1 (padded tokens per forward)")
         if self.max_length is not None and self.max_length < 1: raise SmallselError(f"--max-length {self.max_length} must be >= 1")
         if self.shard_rows < 1: raise SmallselError(f"--shard-rows {self.shard_rows} must be >= 1")
@@ -376,12 +431,12 @@ def bad_rows(ds:Dataset, # canonical rows, maybe with an `error` column (`load_r
 class ScoringJob:
     "Everything needed to run (part of) a scoring pass: rows, tokenized view, model, cache store, settings."
     ds: Dataset; tok: Dataset; model: object; tokenizer: object; store: ShardStore|None; key: dict
-    pad_id: int; batch_tokens: int|None; per_token: bool; shard_rows: int; prefix_cache: bool
+    pad_id: int; batch_tokens: int|None; per_token: bool; shard_rows: int; prefix_cache: bool; uncond_tokens: bool = False; selective: float|None = None
 
     def run(self, shards:list[int]|None=None, desc:str|None="scoring")->dict:
         "Score these shards (default: all), reading finished ones from the cache."
         return score_tokenized(self.tok, self.model, self.pad_id, self.batch_tokens, self.per_token, self.store,
-                               self.shard_rows, shards=shards, prefix_cache=self.prefix_cache, desc=desc)
+                               self.shard_rows, shards=shards, prefix_cache=self.prefix_cache, desc=desc, uncond_tokens=self.uncond_tokens)
 
     @property
     def n_shards(self)->int: return math.ceil(len(self.tok) / self.shard_rows)
@@ -398,8 +453,9 @@ def prepare_scoring(data, # rows: anything `data.load_rows` reads, or a `Dataset
                     turns:str="first", # chat data (`messages`/`conversations`): score the first, last or all assistant turns (a `turn` column numbers them)
                     **kwargs)->ScoringJob:
     "Load rows and model, tokenize, and key the cache: a job ready to `run`."
-    from smallsel_nb.data import load_rows, tokenize_for_scoring
+    from smallsel_nb.data import load_rows, tokenize_for_scoring, uncond_view_for
     s = settings_with(ScoreSettings, settings, kwargs, "score")
+    if s.selective: s = dataclasses.replace(s, per_token=True, uncond_tokens=True)  # selective IFD reads both views' token losses
     if errors is not None and errors not in ERRORS: raise SmallselError(f"--errors {errors!r}: choose one of {', '.join(ERRORS)}")
     canonical = columns is None and isinstance(data, Dataset) and {"id", "instruction", "input", "output"} <= set(data.column_names)
     errors = errors or ("report" if canonical else "fail")  # a Dataset with an `error` column: the caller chose to report
@@ -413,24 +469,26 @@ def prepare_scoring(data, # rows: anything `data.load_rows` reads, or a `Dataset
     elif limit and max_length > limit:
         warnings.warn(f"max_length={max_length} is longer than the model's {limit} positions: using {limit}")
         max_length = limit
-    tok = tokenize_for_scoring(ds, tokenizer, template=s.template, max_length=max_length, system=s.system, verbose=verbose)
+    view = uncond_view_for(tokenizer, s.uncond_view)
+    tok = tokenize_for_scoring(ds, tokenizer, template=s.template, max_length=max_length, system=s.system, verbose=verbose, uncond_view=view)
     key = dict(data=table_fingerprint(ds, ["id", "instruction", "input", "output"]), model=identity or lm_identity(m, name),
-               template=s.template, system=s.system, max_length=max_length, per_token=s.per_token,
+               template=s.template, system=s.system, max_length=max_length, per_token=s.per_token, uncond_view=view, uncond_tokens=s.uncond_tokens,
                dtype=str(next(m.parameters()).dtype), shard_rows=s.shard_rows, version=2)  # 2: shards carry a checksum
     store = None if cache_dir is False else ShardStore(Path(cache_dir or cache_root()/"scores")/fingerprint(key), key)
     pad = pad_id_of(tokenizer)
-    return ScoringJob(ds, tok, m, tokenizer, store, key, pad, s.batch_tokens, s.per_token, s.shard_rows, s.prefix_cache)
+    return ScoringJob(ds, tok, m, tokenizer, store, key, pad, s.batch_tokens, s.per_token, s.shard_rows, s.prefix_cache, s.uncond_tokens, s.selective)
 
 def attach_scores(job:ScoringJob, # the prepared job
                   res:dict, # `job.run()` over all shards
                  )->Dataset: # the rows with score columns, original order
-    "Add the score columns (and `truncated`, `token_losses`) to the rows."
-    cols = finalize_scores(job.tok, res)
-    out = job.ds.remove_columns([c for c in SCORE_COLUMNS + ["token_losses", "truncated"] if c in job.ds.column_names])
+    "Add the score columns (and `truncated`, the per-token losses asked for, `selective_ifd`) to the rows."
+    cols = finalize_scores(job.tok, res, job.key["uncond_view"])
+    out = job.ds.remove_columns([c for c in SCORE_COLUMNS + [*TOKEN_LOSSES, "truncated"] if c in job.ds.column_names])
     for c in SCORE_COLUMNS: out = out.add_column(c, cols[c])
     out = out.add_column("truncated", arrow_table(job.tok)["truncated"])
-    if job.per_token: out = out.add_column("token_losses", [None if t is None else t.tolist() for t in res["token_losses"]])
-    return out
+    for c, keep in zip(TOKEN_LOSSES, (job.per_token, job.uncond_tokens)):
+        if keep: out = out.add_column(c, [None if t is None else t.tolist() for t in res[c]])
+    return add_selective_ifd(out, job.selective) if job.selective else out
 
 # %% ../nbs/03_scoring.ipynb #7bd97e7b
 @delegates(prepare_scoring, but=["verbose"])
@@ -485,15 +543,15 @@ class Scorer:
                 )->dict: # score column -> one value per row (cond_loss, uncond_loss, ifd, cond_ppl, uncond_ppl, n_response_tokens, score_error)
         "Score a batch of rows; the caller keeps its own columns."
         job = prepare_scoring(self.rows(batch), (self.model, self.tokenizer), self.settings, cache_dir=False, verbose=False, identity=self.identity)
-        cols = finalize_scores(job.tok, job.run(desc=None))
-        return {c: list(cols[c]) if c == "score_error" else np.asarray(cols[c]).tolist() for c in SCORE_COLUMNS}
+        cols = finalize_scores(job.tok, job.run(desc=None), job.key["uncond_view"])
+        return {c: list(cols[c]) if c in ("score_error", "uncond_view") else np.asarray(cols[c]).tolist() for c in SCORE_COLUMNS}
 
     @staticmethod
     def features(ds:Dataset, # the data set `map` runs over
                 )->"datasets.Features": # its features plus the score columns' (so a batch without errors still has a typed `score_error`)
         "The `features=` to pass to `Dataset.map(scorer, batched=True, ...)`."
         from datasets import Features, Value
-        return Features({**ds.features, **{c: Value("string") if c == "score_error" else Value("int64") if c == "n_response_tokens"
+        return Features({**ds.features, **{c: Value("string") if c in ("score_error", "uncond_view") else Value("int64") if c == "n_response_tokens"
                                            else Value("float64") for c in SCORE_COLUMNS}})
 
 # %% ../nbs/03_scoring.ipynb #50e9626e

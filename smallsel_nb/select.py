@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_select.ipynb #e6398ca2
 from __future__ import annotations
-import dataclasses, json, math, re
+import dataclasses, json, math, re, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -470,9 +470,18 @@ class IFDRule(Threshold):
     "Drop rows with IFD above `max` (default 1): the instruction makes their response less likely."
     by: str = "ifd" # the IFD column
     max: float|None = 1.0 # drop rows above this
+    view: str = "bos" # the `uncond_view` the threshold assumes (both losses over the same tokens); scores of another view get a warning
     @property
     def name(self): return f"ifd>{self.max:g}"
     def _why(self, low): return reasons(~low, [f"{self.by} < {self.min}", IFD_REASON.format(max=self.max)])
+    def verdict(self, cols, idx, n0, rng):
+        v = super().verdict(cols, idx, n0, rng)
+        other = sorted(set(cols.values("uncond_view").dropna()) - {self.view}) if "uncond_view" in cols.names else []
+        if other:
+            v.note = (f"{self.name} assumes uncond_view={self.view!r} but the rows were scored with uncond_view={', '.join(other)}: "
+                      f"its IFD is on another scale (rescore with --uncond-view {self.view}, or set IFDRule(view=..., max=...))")
+            warnings.warn(v.note)
+        return v
 
 # %% ../nbs/04_select.ipynb #cfd34f26
 _BANDS = ("low", "middle", "high")

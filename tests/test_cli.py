@@ -31,3 +31,23 @@ def test_bad_input_exits_with_message(tmp_path):
     r = subprocess.run([sys.executable, "-m", "smallsel_nb.cli", "score", "bad.jsonl", "--model", "tiny", "--out", "s.parquet"],
                        cwd=tmp_path, env=ENV, capture_output=True, text=True)
     assert r.returncode == 2 and "bad.jsonl" in r.stderr and "row 0" in r.stderr
+
+def test_select_short_budget_exits_3_unless_allowed(tmp_path, capsys):
+    "Filters that leave fewer rows than --keep asks for: last line says so; exit 3, or 0 with --allow-short."
+    import pytest
+    from smallsel_nb.cli import main
+    rows = pd.DataFrame({"id": [f"r{i}" for i in range(10)], "instruction": [f"Question {i}?" for i in range(10)],
+                         "output": [f"Answer number {i}." for i in range(10)], "ifd": [0.5, 0.6, 0.7, 1.4, 1.5, 1.6, 1.7, 0.8, 0.9, 0.4]})
+    rows.to_json(tmp_path/"s.jsonl", orient="records", lines=True)
+    argv = ["select", str(tmp_path/"s.jsonl"), "--recipe", "cherry", "--keep", "0.7", "--out", str(tmp_path/"k.jsonl")]
+    with pytest.raises(SystemExit) as e: main(argv)
+    out, err = capsys.readouterr()
+    assert e.value.code == 3
+    assert out.strip().splitlines()[-1].startswith("budget short: kept 6 of 10 rows (60.0%) but top[ifd] was asked for 7 (70.0%)")
+    assert err.strip().splitlines()[-1].startswith("smallsel select: error: budget short:") and "--allow-short" in err
+    assert len(pd.read_json(tmp_path/"k.jsonl", lines=True)) == 6  # written, so the user can look at what was kept
+    assert main(argv + ["--allow-short"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip().splitlines()[-1].endswith("accepted (--allow-short)") and err == ""
+    assert main(argv[:5] + ["0.5"]) == 0  # a budget the filters leave room for: no shortfall
+    assert "budget short" not in capsys.readouterr().out

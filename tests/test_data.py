@@ -259,14 +259,14 @@ def test_plain_text_rows(llama, gpt2):
     assert (t[0]["cond_ids"], t[0]["resp_start"], t[0]["n_response_tokens"]) == ([], 0, 0)
     assert t[0]["uncond_ids"] == [llama.bos_token_id] + llama("A plain sentence.", add_special_tokens=False)["input_ids"]
     assert len(t[1]["uncond_ids"]) == 32 and t[1]["truncated"] and not t[0]["truncated"]
-    g = tokenize_for_scoring(ds, gpt2, verbose=False, uncond_bos=False)
+    g = tokenize_for_scoring(ds, gpt2, verbose=False, uncond_view="no-bos")
     assert g[0]["uncond_ids"] == gpt2("A plain sentence.")["input_ids"]
 
 def test_empty_response_rows_get_tok_error(gpt2):
     ds = canon(("Hi", "", ""), ("Hi", "", "Hello"), ("Hi", "", "Hello there"))
-    t = tokenize_for_scoring(ds, gpt2, uncond_bos=False, verbose=False)
+    t = tokenize_for_scoring(ds, gpt2, uncond_view="no-bos", verbose=False)
     assert len(t) == 3
-    assert t["tok_error"] == ["empty response after tokenization", "response has 1 token: nothing to score unconditionally", None]
+    assert t["tok_error"] == ["empty response after tokenization", None, None]   # no-bos, 1 token: cond is scored, uncond is NaN (scoring)
     assert tokenize_for_scoring(ds, gpt2, verbose=False)["tok_error"][1:] == [None, None]   # with BOS a 1-token response is scored
     rep = tokenize_for_scoring(load_rows([{"instruction": "a", "output": " "}], errors="report"), gpt2, verbose=False)
     assert rep["tok_error"] == ["bad row: empty `output`"]

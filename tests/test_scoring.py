@@ -1,5 +1,6 @@
 "Scoring engine: crash/resume, cache keys, bad input through the public API."
-import os, signal, subprocess, sys, time, textwrap
+import json, os, signal, subprocess, sys, time, textwrap
+import torch
 from pathlib import Path
 import numpy as np, pytest
 from smallsel_nb.core import SmallselError
@@ -250,3 +251,107 @@ def test_tampered_shard_is_recomputed_with_a_warning(tmp_path):
     pq.write_table(t.set_column(1, "cond_sum", pa.array(t["cond_sum"].to_numpy() * 0)), shard)  # zeros, old checksum kept
     with pytest.warns(UserWarning, match="checksum"): again = score(rows, m, cache_dir=tmp_path, shard_rows=20)
     np.testing.assert_array_equal(np.array(again["ifd"]), np.array(first["ifd"]))
+
+# --- IFD conventions: the unconditional view (#16) ---
+from datasets import Dataset
+from smallsel_nb.data import get_template
+from smallsel_nb.scoring import NO_UNCOND, score_tokenized, selective_ifd, ShardStore
+
+VIEW_ROWS = Dataset.from_dict({
+    "id": [f"r{i}" for i in range(6)],
+    "instruction": ["Add 2 and 3.", "Name the capital of France.", "Reverse the word 'cat'.", "", "Say nothing.", "Sum 7 and 6."],
+    "input": ["", "", "", "", "", "numbers: 7, 6"],
+    "output": ["5", "Paris is the capital of France.", "tac", "Plain text rows have no prompt at all.", "", "The answer is 13."]})
+
+@torch.inference_mode()
+def labels_reference(model, tk, rows, view):
+    "Per row, as the public IFD scripts do it: one forward per view, `labels=` -100 on every position not scored."
+    def loss(ids, labels): return model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss.item() if len(ids) > 1 else np.nan
+    cond, unc = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
+    for i, r in enumerate(rows):
+        resp = tk(r["output"], add_special_tokens=False)["input_ids"]
+        if not resp: continue
+        if r["instruction"] or r["input"]:
+            prompt = tk(get_template("alpaca")(r["instruction"], r["input"]))["input_ids"]
+            cond[i] = loss(prompt + resp, [-100] * len(prompt) + resp)
+        alone = [tk.bos_token_id] + resp if view == "bos" else resp  # no-bos: the first token has no context, its label is never predicted
+        unc[i] = loss(alone, [-100] * (len(alone) - len(resp)) + resp)
+    return cond, unc
+
+@pytest.mark.parametrize("preset,tokenizer", [("tiny", "gpt2"), ("tiny-llama", "byte")])
+@pytest.mark.parametrize("view", ["bos", "no-bos"])
+def test_uncond_view_matches_labels_reference(preset, tokenizer, view):
+    "Each view equals a per-row `labels=`-masked reference of its convention (fp32, 1e-4), NaN exactly where it has nothing to score."
+    import warnings
+    m, tk = make_lm(preset, tokenizer=tokenizer, seed=0)
+    with warnings.catch_warnings(): warnings.simplefilter("ignore"); got = score(VIEW_ROWS, (m, tk), uncond_view=view, cache_dir=False, max_length=256)
+    cond, unc = labels_reference(m, tk, VIEW_ROWS, view)
+    for c, ref in (("cond_loss", cond), ("uncond_loss", unc), ("ifd", np.exp(cond - unc))):
+        a = np.array(got[c], float)
+        assert (np.isnan(a) == np.isnan(ref)).all(), (c, a, ref)
+        np.testing.assert_allclose(a[~np.isnan(a)], ref[~np.isnan(ref)], atol=1e-4, rtol=1e-4)
+    err = got["score_error"]
+    assert [e is not None for e in err] == np.isnan(np.array(got["uncond_loss"], float)).tolist()  # a reason exactly where uncond is NaN
+    one_token = len(tk("5", add_special_tokens=False)["input_ids"]) == 1
+    assert err[0] == (NO_UNCOND if view == "no-bos" and one_token else None)  # no-bos: a 1-token response has no uncond position
+    assert np.isfinite(got["cond_loss"][0])                                    # ... but its conditional loss is scored
+    assert err[4] == "empty response after tokenization"
+    assert set(got["uncond_view"]) == {view}
+
+def test_uncond_view_is_in_the_cache_key(tmp_path):
+    rows = make_noisy_instructions(12, seed=0)
+    m = make_lm("tiny", seed=0)
+    a = score(rows, m, cache_dir=tmp_path)
+    b = score(rows, m, cache_dir=tmp_path, uncond_view="no-bos")
+    keys = sorted(json.loads((d/"meta.json").read_text())["uncond_view"] for d in tmp_path.iterdir())
+    assert keys == ["bos", "no-bos"]
+    assert np.allclose(np.array(a["cond_loss"]), np.array(b["cond_loss"])) and not np.allclose(np.array(a["uncond_loss"]), np.array(b["uncond_loss"]))
+    with pytest.raises(SmallselError, match="choose one of bos, no-bos"): score(rows, m, cache_dir=False, uncond_view="none")
+
+@pytest.mark.parametrize("view", ["bos", "no-bos"])
+def test_uncond_token_losses_same_pass_and_cached(tmp_path, view):
+    "Per-token unconditional losses: they sum to uncond_sum, equal the per-token reference, and come back from the cache."
+    m, tk = make_lm("tiny", tokenizer="gpt2", seed=0)
+    tok = tokenize_for_scoring(VIEW_ROWS, tk, uncond_view=view, verbose=False)
+    store = ShardStore(tmp_path, {"t": 1})
+    res = score_tokenized(tok, m, per_token=True, uncond_tokens=True, store=store, shard_rows=4)
+    for i, r in enumerate(tok):
+        u = res["uncond_token_losses"][i]
+        if r["tok_error"] or len(r["uncond_ids"]) < 2: continue
+        with torch.inference_mode(): logp = torch.log_softmax(m(input_ids=torch.tensor([r["uncond_ids"]])).logits[0, :-1].float(), -1)
+        ref = -logp[torch.arange(len(r["uncond_ids"]) - 1), torch.tensor(r["uncond_ids"][1:])].numpy()
+        np.testing.assert_allclose(u, ref, atol=1e-4)
+        np.testing.assert_allclose(u.sum(), res["uncond_sum"][i], rtol=1e-5)
+        if r["cond_ids"]: assert len(res["token_losses"][i]) - len(u) == (view == "no-bos")
+    again = score_tokenized(tok, m, per_token=True, uncond_tokens=True, store=store, shard_rows=4)
+    assert again["shards_computed"] == 0
+    for a, b in zip(res["uncond_token_losses"], again["uncond_token_losses"]): assert (a is None and b is None) or np.array_equal(a, b)
+    s, _ = selective_ifd(res["token_losses"], res["uncond_token_losses"])
+    assert np.isfinite(s[1]) and np.isnan(s[3])  # a scored pair; a plain-text row has no conditional losses
+
+def test_cli_score_uncond_view(tmp_path, capsys):
+    "`smallsel score --uncond-view no-bos` writes the view with the scores; an unknown view is a one-line usage error."
+    import pandas as pd
+    from smallsel_nb.cli import main
+    f = tmp_path/"rows.jsonl"; make_noisy_instructions(8, seed=0).to_json(str(f))
+    out = tmp_path/"s.parquet"
+    assert main(["score", str(f), "--model", "tiny", "--out", str(out), "--uncond-view", "no-bos", "--cache-dir", str(tmp_path/"c")]) == 0
+    assert set(pd.read_parquet(out)["uncond_view"]) == {"no-bos"}
+    with pytest.raises(SystemExit) as e: main(["score", str(f), "--model", "tiny", "--out", str(out), "--uncond-view", "nobos"])
+    assert e.value.code == 2 and "--uncond-view" in capsys.readouterr().err
+
+def test_selective_setting_adds_the_column(tmp_path):
+    "score(selective=0.5) = add_selective_ifd over score(per_token, uncond_tokens); the CLI writes it; streaming refuses it."
+    import pandas as pd
+    from smallsel_nb.scoring import add_selective_ifd
+    from smallsel_nb.distributed import score_stream
+    rows, m = make_noisy_instructions(16, seed=0), make_lm("tiny", seed=0)
+    got = score(rows, m, cache_dir=False, selective=0.5)
+    ref = add_selective_ifd(score(rows, m, cache_dir=False, per_token=True, uncond_tokens=True), 0.5)
+    np.testing.assert_allclose(np.array(got["selective_ifd"], float), np.array(ref["selective_ifd"], float), rtol=1e-6)
+    assert {"token_losses", "uncond_token_losses"} <= set(got.column_names)
+    f = tmp_path/"rows.jsonl"; rows.to_json(str(f))
+    cli_score(str(f), model="tiny", out=str(tmp_path/"s.parquet"), selective=0.5, cache_dir=str(tmp_path/"c"))
+    assert pd.read_parquet(tmp_path/"s.parquet")["selective_ifd"].notna().all()
+    with pytest.raises(SmallselError, match="--selective 0: the share"): score(rows, m, cache_dir=False, selective=0)
+    with pytest.raises(SmallselError, match="one token cut over the whole pool"): score_stream(str(f), m, tmp_path/"o.parquet", selective=0.5, cache_dir=tmp_path/"c")
