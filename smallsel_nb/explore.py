@@ -24,7 +24,7 @@ from .recipes import RECIPES, STRATEGIES, strategy_pipeline, stratify_budget
 # %% auto #0
 __all__ = ['SCORE_COLUMNS', 'GROUP_COLUMNS', 'LABEL_COLUMNS', 'CORRECT_LABELS', 'DEFAULT_METHOD', 'DEFAULT_KEEP', 'METHODS',
            'plot_workflow', 'cut_points', 'kept_counts', 'SelectionExplorer', 'captured_outputs', 'show_outputs',
-           'LabMode']
+           'LabMode', 'html_table', 'saved_outputs', 'saved_tables', 'table_with', 'saved_text']
 
 # %% ../nbs/08_explore.ipynb #66d019d4
 _COLORS = {"data": "#e8eef7", "small": "#dff0d8", "select": "#fcf3cf", "large": "#fde2cf", "eval": "#eadcf2", "loop": "#fff7f0"}
@@ -493,3 +493,66 @@ class LabMode:
         res.setdefault("ran", {})[key] = f"{time.strftime('%Y-%m-%d')}: the cell ran with RUN_SLOW = True and wrote these outputs"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(res, indent=1) + "\n")
+
+# %% ../nbs/08_explore.ipynb #f793449a
+from html.parser import HTMLParser
+
+class _Cells(HTMLParser):
+    "Text of every cell of every <tr> in an HTML string."
+    def __init__(self): super().__init__(); self.rows, self.cell = [], None
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr": self.rows.append([])
+        elif tag in ("td", "th"): self.cell = []
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self.cell is not None: self.rows[-1].append("".join(self.cell).strip()); self.cell = None
+    def handle_data(self, d):
+        if self.cell is not None: self.cell.append(d)
+
+def html_table(html:str, # a DataFrame's HTML output (`DataFrame.to_html`, or `text/html` of a saved output)
+              )->pd.DataFrame: # the first column as the index; columns that are all numbers as numbers
+    "A pandas HTML table with one header row (and optionally the index-name row) back as a DataFrame."
+    p = _Cells(); p.feed(html)
+    if not p.rows: raise SmallselError("html_table: no table rows in the HTML")
+    head, *rows = p.rows
+    name = rows.pop(0)[0] if rows and not any(rows[0][1:]) else None   # the row holding the index name
+    if any(len(r) != len(head) for r in rows): raise SmallselError(f"html_table: not a one-header table (columns {head[1:]})")
+    t = pd.DataFrame([r[1:] for r in rows], index=pd.Index([r[0] for r in rows], name=name or None), columns=head[1:])
+    for c in t.columns:
+        num = pd.to_numeric(t[c], errors="coerce")
+        if num.notna().all(): t[c] = num
+    return t
+
+# %% ../nbs/08_explore.ipynb #88727ac7
+def saved_outputs(source:str|Path, # a notebook (`.ipynb`) or a tutorial's results file (`results/<name>.json`)
+                 )->list[dict]: # notebook output dicts, in cell order
+    "Every saved output of a notebook's code cells, or of a results file's slow cells."
+    p = Path(source)
+    if not p.exists(): raise SmallselError(f"{p}: no such file (run the notebook that saves it)")
+    d = json.loads(p.read_text())
+    if isinstance(d.get("cells"), dict): return [o for outs in d["cells"].values() for o in outs]
+    return [o for c in d.get("cells", []) if c.get("cell_type") == "code" for o in c.get("outputs", [])]
+
+def saved_tables(source:str|Path, # as in `saved_outputs`
+                )->list[pd.DataFrame]:
+    "The one-header tables among the saved outputs of `source` (grouped-column tables are passed over)."
+    out = []
+    for o in saved_outputs(source):
+        h = o.get("data", {}).get("text/html", "")
+        h = "".join(h) if isinstance(h, list) else h
+        if "<table" not in h: continue
+        try: out.append(html_table(h))
+        except SmallselError: pass   # grouped columns: read them from the notebook itself
+    return out
+
+def table_with(source:str|Path, # as in `saved_outputs`
+               *cols:str, # columns the table must have
+              )->pd.DataFrame:
+    "The first saved table of `source` that has every one of `cols`."
+    for t in saved_tables(source):
+        if set(cols) <= set(t.columns): return t
+    raise SmallselError(f"{source}: no saved table with the columns {', '.join(cols)}; run the notebook's slow cells (RUN_SLOW = True) first")
+
+def saved_text(source:str|Path, # as in `saved_outputs`
+              )->str:
+    "Everything the saved outputs of `source` printed."
+    return "".join("".join(o["text"]) for o in saved_outputs(source) if o["output_type"] == "stream")
