@@ -24,7 +24,7 @@ from .recipes import RECIPES, STRATEGIES, strategy_pipeline, stratify_budget
 # %% auto #0
 __all__ = ['SCORE_COLUMNS', 'GROUP_COLUMNS', 'LABEL_COLUMNS', 'CORRECT_LABELS', 'DEFAULT_METHOD', 'DEFAULT_KEEP', 'METHODS',
            'plot_workflow', 'cut_points', 'kept_counts', 'SelectionExplorer', 'captured_outputs', 'show_outputs',
-           'LabMode', 'html_table', 'saved_outputs', 'saved_tables', 'table_with', 'saved_text']
+           'LabMode', 'html_table', 'saved_outputs', 'saved_tables', 'table_with', 'saved_text', 'plot_catch']
 
 # %% ../nbs/08_explore.ipynb #66d019d4
 _COLORS = {"data": "#e8eef7", "small": "#dff0d8", "select": "#fcf3cf", "large": "#fde2cf", "eval": "#eadcf2", "loop": "#fff7f0"}
@@ -556,3 +556,23 @@ def saved_text(source:str|Path, # as in `saved_outputs`
               )->str:
     "Everything the saved outputs of `source` printed."
     return "".join("".join(o["text"]) for o in saved_outputs(source) if o["output_type"] == "stream")
+
+# %% ../nbs/08_explore.ipynb #55400039
+def plot_catch(t:pd.DataFrame, # per rule (index): % of each kind's rows dropped, one column per kind
+               kinds:Sequence[str], # the columns to draw, in this order
+               rules:Sequence[str]|None=None, # the rules (index values) to draw (default: all)
+               title:str="", # the axes' title (say what was measured: pool, scorer, budget)
+               ax=None, # a matplotlib axes to draw on (default: a new figure)
+              )->Figure: # the figure drawn on
+    "Grouped bars: per kind, the % of its rows each rule drops."
+    plt = optional("matplotlib.pyplot", "notebooks")
+    missing = [k for k in kinds if k not in t.columns] + [r for r in (rules or []) if r not in t.index]
+    if missing: raise SmallselError(f"plot_catch: not in the table: {', '.join(map(str, missing))}")
+    rules = list(t.index if rules is None else rules)
+    if ax is None: _, ax = plt.subplots(figsize=(7, 3.6))
+    x, w = np.arange(len(kinds)), 0.8 / len(rules)
+    for k, r in enumerate(rules): ax.bar(x + (k - (len(rules) - 1) / 2) * w, t.loc[r, list(kinds)].astype(float), w, label=r)
+    ax.set_xticks(x, [str(c).replace("_", " ") for c in kinds], rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 135); ax.set_yticks(range(0, 101, 20)); ax.set_ylabel("% of the kind's rows dropped"); ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, ncol=3, loc="upper center")
+    return ax.figure
