@@ -24,7 +24,8 @@ from .recipes import RECIPES, STRATEGIES, strategy_pipeline, stratify_budget
 # %% auto #0
 __all__ = ['SCORE_COLUMNS', 'GROUP_COLUMNS', 'LABEL_COLUMNS', 'CORRECT_LABELS', 'DEFAULT_METHOD', 'DEFAULT_KEEP', 'METHODS',
            'plot_workflow', 'cut_points', 'kept_counts', 'SelectionExplorer', 'captured_outputs', 'show_outputs',
-           'LabMode', 'html_table', 'saved_outputs', 'saved_tables', 'table_with', 'saved_text', 'plot_catch']
+           'LabMode', 'html_table', 'saved_outputs', 'saved_tables', 'table_with', 'saved_text', 'plot_catch',
+           'map_position']
 
 # %% ../nbs/08_explore.ipynb #66d019d4
 _COLORS = {"data": "#e8eef7", "small": "#dff0d8", "select": "#fcf3cf", "large": "#fde2cf", "eval": "#eadcf2", "loop": "#fff7f0"}
@@ -576,3 +577,25 @@ def plot_catch(t:pd.DataFrame, # per rule (index): % of each kind's rows dropped
     ax.set_ylim(0, 135); ax.set_yticks(range(0, 101, 20)); ax.set_ylabel("% of the kind's rows dropped"); ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, ncol=3, loc="upper center")
     return ax.figure
+
+# %% ../nbs/08_explore.ipynb #97edccd5
+def map_position(smap:pd.DataFrame, # the map's table: mix, n, noise, sel_gain, oracle_gain (`compare.selection_map`, or `table_with` on 07_compare)
+                 n:int, # the setting's pool size
+                 noise:float, # its share of corrupted rows
+                 benchmark:str="v1", # the pool's benchmark: "v1" (placed on the diffuse row) or "v2"
+                 mix:str="systematic", # v2: the noise mix ("systematic" is the demo's)
+                )->str: # one sentence
+    "Where a setting stands on the map of where selection pays: the nearest measured cell and what it found."
+    if benchmark not in ("v1", "v2"): raise SmallselError(f"map_position: benchmark must be v1 or v2, got {benchmark!r}")
+    mix = "diffuse" if benchmark == "v1" else mix
+    cells = smap[smap["mix"] == mix]
+    if not len(cells): raise SmallselError(f"map_position: the map has no {mix!r} cells; mixes: {', '.join(map(str, smap['mix'].unique()))}")
+    by_noise = cells[cells.noise == cells.noise.iloc[int(np.argmin(np.abs(cells.noise - noise)))]]
+    near = by_noise.iloc[int(np.argmin(np.abs(np.log(by_noise.n / n))))]
+    inside = cells.n.min() <= n <= cells.n.max() and cells.noise.min() <= noise <= cells.noise.max()
+    what = ("benchmark v1: corruption kinds spread evenly (the map's diffuse row) and facts a from-scratch model cannot learn, "
+            "the map's data-starved corner" if benchmark == "v1" else f"benchmark v2, {mix} noise")
+    return (f"On the map of where selection pays (07_compare): {n:,} rows at {noise:.0%} noise, {what}. The nearest measured cell "
+            f"({int(near.n):,} rows, {near.noise:.0%}, {mix}) has EM(selected 30%) − EM(full) = {100 * near.sel_gain:+.0f} points and "
+            f"EM(oracle 30%) − EM(full) = {100 * near.oracle_gain:+.0f}: {'selection pays there' if near.sel_gain > 0 else 'full data wins there'}"
+            + ("" if inside else " (this setting lies outside the measured grid: the nearest edge is quoted)") + ".")
