@@ -199,21 +199,33 @@ class CompareResult:
         if not len(c): raise SmallselError(f"no arm {label!r}; arms: {', '.join(self.runs.label.unique())}")
         return float(np.interp(flops, c.flops, c.eval_loss))
 
+    def seeds_text(self)->str:
+        "How many seeds each arm's numbers average over, in words: 'one seed', 'mean over 3 seeds' (or '1-3 seeds')."
+        k = self.runs.groupby("label").seed.nunique()
+        if k.max() == 1: return "one seed"
+        return f"mean over {k.max()} seeds" if k.min() == k.max() else f"mean over {k.min()}-{k.max()} seeds"
+
     def plot(self, path:str|Path|None=None, # save the figure here (png, pdf, svg)
             ):
-        "Learning curves (eval loss vs total FLOPs) and final exact match with 95% intervals."
+        "Learning curves (eval loss vs total FLOPs, log axes) and final exact match / defect rate, titled with what was computed."
         matplotlib = optional("matplotlib", "notebooks")
         if path is not None and not _interactive(): matplotlib.use("Agg")  # no display needed to write a file
         plt = optional("matplotlib.pyplot", "notebooks")
         fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-        c = self.curves()
+        c, seeds = self.curves(), self.seeds_text()
         for arm, g in c.groupby("arm", sort=False): a.plot(g.flops, g.eval_loss, marker="o", ms=3, label=arm)
-        a.set_xlabel("FLOPs (training + selection)")
-        a.set_yscale("log"); a.set_ylabel("clean eval loss (per response token)"); a.set_title("learning curves (mean over seeds)")
+        a.set_xscale("log"); a.set_xlabel("FLOPs (training + selection), log scale")
+        a.set_yscale("log"); a.set_ylabel("clean eval loss (per response token)"); a.set_title(f"learning curves ({seeds})")
         a.legend(fontsize=8)
         s = self.stats()
-        b.bar(s.arm, 100 * s.exact_match, yerr=100 * s.exact_match_ci.fillna(0), capsize=4, color="tab:blue")
-        b.set_ylabel("exact match (%)"); b.set_title("clean exact match (95% CI)"); b.tick_params(axis="x", rotation=30)
+        ms = [m for m in ("exact_match", "defect_rate") if m in s and s[m].notna().any()]
+        x, w = np.arange(len(s)), 0.8 / max(len(ms), 1)
+        for k, m in enumerate(ms):
+            ci = s[m + "_ci"].fillna(0) if seeds != "one seed" else None
+            b.bar(x + (k - (len(ms) - 1) / 2) * w, 100 * s[m], w, yerr=None if ci is None else 100 * ci, capsize=4, label=m.replace("_", " "))
+        b.set_xticks(x, s.arm, rotation=30, ha="right"); b.set_ylabel("% of clean eval prompts")
+        b.set_title(f"greedy generations: {seeds}" + (", no interval" if seeds == "one seed" else ", bars: 95% CI"))
+        if ms: b.legend(fontsize=8)
         fig.tight_layout()
         if path is not None:
             with atomic_write(path) as tmp: fig.savefig(tmp, dpi=110, format=Path(path).suffix[1:] or "png")

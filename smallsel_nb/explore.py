@@ -24,7 +24,8 @@ from .recipes import RECIPES, STRATEGIES, strategy_pipeline, stratify_budget
 # %% auto #0
 __all__ = ['SCORE_COLUMNS', 'GROUP_COLUMNS', 'LABEL_COLUMNS', 'CORRECT_LABELS', 'DEFAULT_METHOD', 'DEFAULT_KEEP', 'METHODS',
            'plot_workflow', 'cut_points', 'kept_counts', 'SelectionExplorer', 'captured_outputs', 'show_outputs',
-           'LabMode']
+           'LabMode', 'html_table', 'saved_outputs', 'saved_tables', 'table_with', 'saved_text', 'plot_catch',
+           'map_position']
 
 # %% ../nbs/08_explore.ipynb #66d019d4
 _COLORS = {"data": "#e8eef7", "small": "#dff0d8", "select": "#fcf3cf", "large": "#fde2cf", "eval": "#eadcf2", "loop": "#fff7f0"}
@@ -493,3 +494,108 @@ class LabMode:
         res.setdefault("ran", {})[key] = f"{time.strftime('%Y-%m-%d')}: the cell ran with RUN_SLOW = True and wrote these outputs"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(res, indent=1) + "\n")
+
+# %% ../nbs/08_explore.ipynb #f793449a
+from html.parser import HTMLParser
+
+class _Cells(HTMLParser):
+    "Text of every cell of every <tr> in an HTML string."
+    def __init__(self): super().__init__(); self.rows, self.cell = [], None
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr": self.rows.append([])
+        elif tag in ("td", "th"): self.cell = []
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self.cell is not None: self.rows[-1].append("".join(self.cell).strip()); self.cell = None
+    def handle_data(self, d):
+        if self.cell is not None: self.cell.append(d)
+
+def html_table(html:str, # a DataFrame's HTML output (`DataFrame.to_html`, or `text/html` of a saved output)
+              )->pd.DataFrame: # the first column as the index; columns that are all numbers as numbers
+    "A pandas HTML table with one header row (and optionally the index-name row) back as a DataFrame."
+    p = _Cells(); p.feed(html)
+    if not p.rows: raise SmallselError("html_table: no table rows in the HTML")
+    head, *rows = p.rows
+    name = rows.pop(0)[0] if rows and not any(rows[0][1:]) else None   # the row holding the index name
+    if any(len(r) != len(head) for r in rows): raise SmallselError(f"html_table: not a one-header table (columns {head[1:]})")
+    t = pd.DataFrame([r[1:] for r in rows], index=pd.Index([r[0] for r in rows], name=name or None), columns=head[1:])
+    for c in t.columns:
+        num = pd.to_numeric(t[c], errors="coerce")
+        if num.notna().all(): t[c] = num
+    return t
+
+# %% ../nbs/08_explore.ipynb #88727ac7
+def saved_outputs(source:str|Path, # a notebook (`.ipynb`) or a tutorial's results file (`results/<name>.json`)
+                 )->list[dict]: # notebook output dicts, in cell order
+    "Every saved output of a notebook's code cells, or of a results file's slow cells."
+    p = Path(source)
+    if not p.exists(): raise SmallselError(f"{p}: no such file (run the notebook that saves it)")
+    d = json.loads(p.read_text())
+    if isinstance(d.get("cells"), dict): return [o for outs in d["cells"].values() for o in outs]
+    return [o for c in d.get("cells", []) if c.get("cell_type") == "code" for o in c.get("outputs", [])]
+
+def saved_tables(source:str|Path, # as in `saved_outputs`
+                )->list[pd.DataFrame]:
+    "The one-header tables among the saved outputs of `source` (grouped-column tables are passed over)."
+    out = []
+    for o in saved_outputs(source):
+        h = o.get("data", {}).get("text/html", "")
+        h = "".join(h) if isinstance(h, list) else h
+        if "<table" not in h: continue
+        try: out.append(html_table(h))
+        except SmallselError: pass   # grouped columns: read them from the notebook itself
+    return out
+
+def table_with(source:str|Path, # as in `saved_outputs`
+               *cols:str, # columns the table must have
+              )->pd.DataFrame:
+    "The first saved table of `source` that has every one of `cols`."
+    for t in saved_tables(source):
+        if set(cols) <= set(t.columns): return t
+    raise SmallselError(f"{source}: no saved table with the columns {', '.join(cols)}; run the notebook's slow cells (RUN_SLOW = True) first")
+
+def saved_text(source:str|Path, # as in `saved_outputs`
+              )->str:
+    "Everything the saved outputs of `source` printed."
+    return "".join("".join(o["text"]) for o in saved_outputs(source) if o["output_type"] == "stream")
+
+# %% ../nbs/08_explore.ipynb #55400039
+def plot_catch(t:pd.DataFrame, # per rule (index): % of each kind's rows dropped, one column per kind
+               kinds:Sequence[str], # the columns to draw, in this order
+               rules:Sequence[str]|None=None, # the rules (index values) to draw (default: all)
+               title:str="", # the axes' title (say what was measured: pool, scorer, budget)
+               ax=None, # a matplotlib axes to draw on (default: a new figure)
+              )->Figure: # the figure drawn on
+    "Grouped bars: per kind, the % of its rows each rule drops."
+    plt = optional("matplotlib.pyplot", "notebooks")
+    missing = [k for k in kinds if k not in t.columns] + [r for r in (rules or []) if r not in t.index]
+    if missing: raise SmallselError(f"plot_catch: not in the table: {', '.join(map(str, missing))}")
+    rules = list(t.index if rules is None else rules)
+    if ax is None: _, ax = plt.subplots(figsize=(7, 3.6))
+    x, w = np.arange(len(kinds)), 0.8 / len(rules)
+    for k, r in enumerate(rules): ax.bar(x + (k - (len(rules) - 1) / 2) * w, t.loc[r, list(kinds)].astype(float), w, label=r)
+    ax.set_xticks(x, [str(c).replace("_", " ") for c in kinds], rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 135); ax.set_yticks(range(0, 101, 20)); ax.set_ylabel("% of the kind's rows dropped"); ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, ncol=3, loc="upper center")
+    return ax.figure
+
+# %% ../nbs/08_explore.ipynb #97edccd5
+def map_position(smap:pd.DataFrame, # the map's table: mix, n, noise, sel_gain, oracle_gain (`compare.selection_map`, or `table_with` on 07_compare)
+                 n:int, # the setting's pool size
+                 noise:float, # its share of corrupted rows
+                 benchmark:str="v1", # the pool's benchmark: "v1" (placed on the diffuse row) or "v2"
+                 mix:str="systematic", # v2: the noise mix ("systematic" is the demo's)
+                )->str: # one sentence
+    "Where a setting stands on the map of where selection pays: the nearest measured cell and what it found."
+    if benchmark not in ("v1", "v2"): raise SmallselError(f"map_position: benchmark must be v1 or v2, got {benchmark!r}")
+    mix = "diffuse" if benchmark == "v1" else mix
+    cells = smap[smap["mix"] == mix]
+    if not len(cells): raise SmallselError(f"map_position: the map has no {mix!r} cells; mixes: {', '.join(map(str, smap['mix'].unique()))}")
+    by_noise = cells[cells.noise == cells.noise.iloc[int(np.argmin(np.abs(cells.noise - noise)))]]
+    near = by_noise.iloc[int(np.argmin(np.abs(np.log(by_noise.n / n))))]
+    inside = cells.n.min() <= n <= cells.n.max() and cells.noise.min() <= noise <= cells.noise.max()
+    what = ("benchmark v1: corruption kinds spread evenly (the map's diffuse row) and facts a from-scratch model cannot learn, "
+            "the map's data-starved corner" if benchmark == "v1" else f"benchmark v2, {mix} noise")
+    return (f"On the map of where selection pays (07_compare): {n:,} rows at {noise:.0%} noise, {what}. The nearest measured cell "
+            f"({int(near.n):,} rows, {near.noise:.0%}, {mix}) has EM(selected 30%) − EM(full) = {100 * near.sel_gain:+.0f} points and "
+            f"EM(oracle 30%) − EM(full) = {100 * near.oracle_gain:+.0f}: {'selection pays there' if near.sel_gain > 0 else 'full data wins there'}"
+            + ("" if inside else " (this setting lies outside the measured grid: the nearest edge is quoted)") + ".")
