@@ -15,13 +15,18 @@ from smallsel_nb.train_trl import cli_finetune
 KW = dict(max_steps=40, batch_size=8, template="none", eval_every=10, eval_start=False, checkpoint_every=2)
 
 SCRIPT = """
-import sys, torch
+import sys, time, torch
 torch.set_num_threads(1)
 from smallsel_nb.models import make_lm
 from smallsel_nb.synth import make_noisy_instructions, make_eval_split
-from smallsel_nb.train import train_lm
+import smallsel_nb.train as T
+real = T.save_checkpoint
+def save_then_wait(path, model, opt, step, *a, **k):  # stop at a fixed point: after the step-6 checkpoint, wait for the kill
+    real(path, model, opt, step, *a, **k)
+    if step >= 6 and len(sys.argv) > 2: time.sleep(600)
+T.save_checkpoint = save_then_wait
 m, t = make_lm("tiny", seed=0)
-train_lm(m, t, make_noisy_instructions(300, seed=2), make_eval_split(20, seed=2), checkpoint_dir=sys.argv[1], **%r)
+T.train_lm(m, t, make_noisy_instructions(300, seed=2), make_eval_split(20, seed=2), checkpoint_dir=sys.argv[1], **%r)
 """ % KW
 
 def _step(ck):
@@ -32,12 +37,12 @@ def _step(ck):
 def test_sigkill_resume(tmp_path):
     "Kill training with SIGKILL mid-run; the rerun resumes from the last checkpoint and ends as an uninterrupted run."
     ck = tmp_path/"ck"
-    p = subprocess.Popen([sys.executable, "-c", SCRIPT, str(ck)], env={**os.environ, "SMALLSEL_PROGRESS": "0"})
+    p = subprocess.Popen([sys.executable, "-c", SCRIPT, str(ck), "pause"], env={**os.environ, "SMALLSEL_PROGRESS": "0"})
     deadline = time.time() + 120
     while _step(ck) < 6 and time.time() < deadline and p.poll() is None: time.sleep(0.02)
     p.send_signal(signal.SIGKILL); p.wait()
     killed_at = _step(ck)
-    assert 6 <= killed_at < 40, f"expected a partial run, the checkpoint is at step {killed_at}"
+    assert killed_at == 6, f"expected the run killed after its step-6 checkpoint, the checkpoint is at step {killed_at}"
     rows, ev = make_noisy_instructions(300, seed=2), make_eval_split(20, seed=2)
     m, t = make_lm("tiny", seed=0)
     resumed = train_lm(m, t, rows, ev, checkpoint_dir=ck, **KW)
