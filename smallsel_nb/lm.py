@@ -17,13 +17,13 @@ from torch.utils.checkpoint import checkpoint
 
 from .core import SmallselError, arrow_table, cpu_has_bf16, get_device, get_dtype, logger, row_error, tf32_matmul
 from .data import tokenize_for_scoring
-from .models import load_lm, model_identity
+from .models import load_lm
 
 # %% auto #0
-__all__ = ['scoring_dtype', 'as_lm', 'lm_identity', 'model_max_length', 'pad_batch', 'scored_positions', 'batch_end',
-           'plan_batches', 'default_batch_tokens', 'head_chunk_bytes', 'head_logits', 'head_nll', 'lm_body',
-           'check_fast_head', 'require_fast_head', 'prefix_kv', 'hf_quiet', 'device_ints', 'batch_layout',
-           'forward_nll', 'Ragged', 'TokenRows', 'token_rows', 'pad_id_of', 'response_nll', 'row_nll']
+__all__ = ['scoring_dtype', 'as_lm', 'model_max_length', 'pad_batch', 'scored_positions', 'batch_end', 'plan_batches',
+           'default_batch_tokens', 'head_chunk_bytes', 'head_logits', 'head_nll', 'lm_body', 'check_fast_head',
+           'require_fast_head', 'prefix_kv', 'hf_quiet', 'device_ints', 'batch_layout', 'forward_nll', 'Ragged',
+           'TokenRows', 'token_rows', 'pad_id_of', 'response_nll', 'row_nll']
 
 # %% ../nbs/02a_lm.ipynb #22b83135
 def scoring_dtype(dtype:str="auto", # auto, float32, bfloat16
@@ -51,12 +51,6 @@ def as_lm(model, # a name (alias, preset, folder, hub id) or a (model, tokenizer
         if device not in (None, "auto"): m = m.to(get_device(device))
         return m.eval(), tok, getattr(m, "smallsel_name", None) or getattr(m.config, "_name_or_path", "")
     raise SmallselError(f"model must be a name, a path or a (model, tokenizer) pair, not {type(model).__name__}")
-
-def lm_identity(m, # a loaded causal LM
-                name:str|None, # the name it was loaded by (an alias or preset is part of the identity)
-               )->str: # what the scoring cache and checkpoints key on
-    "The identity of a loaded model (`models.model_identity`): its name and a fingerprint of its weights."
-    return model_identity(m, name=name)
 
 # %% ../nbs/02a_lm.ipynb #312f400f
 def model_max_length(model)->int|None:

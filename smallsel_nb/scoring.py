@@ -19,8 +19,9 @@ from fastcore.basics import patch
 from fastcore.meta import delegates
 from .core import (SmallselError, cache_root, fingerprint, progress, table_fingerprint, arrow_table, tf32_matmul,
                               atomic_write, row_error, settings_with)
-from .lm import (Ragged, as_lm, batch_end, default_batch_tokens, forward_nll, lm_body, lm_identity,
+from .lm import (Ragged, as_lm, batch_end, default_batch_tokens, forward_nll, lm_body,
                             model_max_length, pad_batch, pad_id_of, prefix_kv, require_fast_head)
+from .models import model_identity
 
 # %% auto #0
 __all__ = ['TOKEN_LOSSES', 'SCORE_COLUMNS', 'NO_UNCOND', 'ERRORS', 'score_per_row', 'find_prefixes', 'assign_prefix',
@@ -471,7 +472,7 @@ def prepare_scoring(data, # rows: anything `data.load_rows` reads, or a `Dataset
         max_length = limit
     view = uncond_view_for(tokenizer, s.uncond_view)
     tok = tokenize_for_scoring(ds, tokenizer, template=s.template, max_length=max_length, system=s.system, verbose=verbose, uncond_view=view)
-    key = dict(data=table_fingerprint(ds, ["id", "instruction", "input", "output"]), model=identity or lm_identity(m, name),
+    key = dict(data=table_fingerprint(ds, ["id", "instruction", "input", "output"]), model=identity or model_identity(m, name=name),
                template=s.template, system=s.system, max_length=max_length, per_token=s.per_token, uncond_view=view, uncond_tokens=s.uncond_tokens,
                dtype=str(next(m.parameters()).dtype), shard_rows=s.shard_rows, version=2)  # 2: shards carry a checksum
     store = None if cache_dir is False else ShardStore(Path(cache_dir or cache_root()/"scores")/fingerprint(key), key)
@@ -524,7 +525,7 @@ class Scorer:
         self.turns = turns
         self.settings = settings_with(ScoreSettings, settings, kwargs, "Scorer")
         self.model, self.tokenizer, name = as_lm(model, self.settings.dtype, self.settings.device)
-        self.identity = lm_identity(self.model, name)  # hashed once, not per batch
+        self.identity = model_identity(self.model, name=name)  # hashed once, not per batch
         self.columns = parse_columns(columns)
 
     def rows(self, batch:dict)->Dataset:

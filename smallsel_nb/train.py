@@ -352,8 +352,7 @@ def train_step(loss_fn, # `ResponseLoss` (or DDP around it)
             loss.backward()                                                     # backward (gradients accumulate)
         step_loss += loss.detach()
     step_loss = dist.total(step_loss)
-    params = [p for p in loss_fn.parameters()]
-    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    norm = torch.nn.utils.clip_grad_norm_(loss_fn.parameters(), grad_clip if grad_clip > 0 else float("inf"))
     return step_loss.item(), norm.item()                                        # one host sync per step
 
 # %% ../nbs/06_train.ipynb #f62fc4c0
