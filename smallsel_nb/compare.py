@@ -28,8 +28,9 @@ from .train_trl import fit
 
 # %% auto #0
 __all__ = ['DEMO', 'DEMO_V1', 'DEMOS', 'DEMO_FULL', 'scoring_tokens', 'Cost', 'scoring_cost', 'Arm', 'make_arms', 'mean_ci',
-           'fmt_ci', 'CompareResult', 'compare', 'train_reference', 'score_with_reference', 'demo_selection',
-           'oracle_arm', 'demo_settings', 'run_demo', 'cli_demo', 'selection_map', 'plot_map', 'cli_compare']
+           'fmt_ci', 'CompareResult', 'train_arm', 'run_jobs', 'compare', 'train_reference', 'score_with_reference',
+           'demo_filters', 'demo_selection', 'oracle_arm', 'demo_settings', 'run_demo', 'cli_demo', 'selection_map',
+           'plot_map', 'cli_compare']
 
 # %% ../nbs/07_compare.ipynb #934664aa
 def scoring_tokens(ds:Dataset, # the rows scored
@@ -298,6 +299,38 @@ def _model_factory(model):
 
 _HISTORY_KEYS = {"step", "epoch", "tokens", "flops", "lr", "train_loss", "seconds", "eval_loss", "exact_match"}
 
+def train_arm(job:dict, # model (name), seed, rows, eval, frame, temperature, desc, checkpoint_dir, train_kw
+             )->TrainResult:
+    "Make the large model for `job['seed']`, train it on `job['rows']` and evaluate it: one run of a comparison."
+    m, tok = _model_factory(job["model"])(job["seed"])
+    kw = job["train_kw"]
+    ev = Evaluator.make(job["eval"], tok, kw.get("template", "alpaca"), kw.get("max_length", 512), frame=job["frame"], temperature=job["temperature"])
+    return fit(m, tok, job["rows"], ev, seed=job["seed"], checkpoint_dir=job["checkpoint_dir"], desc=job["desc"], **kw)
+
+def run_jobs(fn:str, # dotted path of a module-level function, e.g. "smallsel_nb.compare.train_arm" (workers import it by name)
+             jobs:list, # its arguments, one per job (picklable when workers > 1)
+             workers:int=1, # processes (1: here, one after another)
+            ):
+    "Yield `(index, fn(job))` as jobs finish: in this process, or in `workers` fresh (spawned) processes with this one's torch threads."
+    # spawn, not fork: safe with torch's thread pools and on macOS; a script must guard its entry point (see the error below)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1: raise SmallselError(f"workers={workers!r} must be an integer >= 1")
+    mod, name = fn.rsplit(".", 1)
+    fn = getattr(importlib.import_module(mod), name)  # the module's own function (not a notebook's copy): spawned workers find it
+    if workers == 1 or len(jobs) < 2:
+        for i, job in enumerate(jobs): yield i, fn(job)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+    try:
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as ex:
+            futs = {ex.submit(fn, job): i for i, job in enumerate(jobs)}
+            for f in as_completed(futs): yield futs[f], f.result()
+    except BrokenProcessPool as e:
+        raise SmallselError(f"a worker process died ({e}); in a script, call this under `if __name__ == '__main__':` "
+                            "(spawned workers import the script again), or pass workers=1") from None
+
 def compare(pool:Dataset, # the training pool (with score columns when selections read them)
             eval:Dataset, # clean held-out rows (an `answer` column adds exact match)
             selections:dict|None=None, # name -> recipe name, budget -> Pipeline factory, Pipeline, Step, Selection or indices
@@ -311,36 +344,37 @@ def compare(pool:Dataset, # the training pool (with score columns when selection
             frame:str|None=None, # how a well-formed response starts (e.g. "Answer:"): adds the off-format check to the defect rates
             temperature:float|None=None, # also measure sampled generations at this temperature (`sampled_*` metrics)
             log:bool=True, # print one line per run
+            workers:int=1, # processes training runs side by side (CPU: each uses torch's thread count; 1 on a GPU)
             **train_kw, # settings for `train_trl.fit` (backend, lora, epochs, lr, batch_size, template, eval_every, ...), the same for every arm
            )->CompareResult:
     "Train the large model on the full pool, random subsets and selections over seeds; evaluate and account compute."
     if len(pool) == 0: raise SmallselError("the pool is empty")
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seeds: raise SmallselError("seeds must be >= 1")
-    arms, make, cost = make_arms(selections, budgets, full, random), _model_factory(model), cost or Cost()
-    recs, hist, notes = [], {}, []
-    for seed in seeds:
-        for arm in arms:
-            idx = arm.pick(pool, seed)
-            m, tok = make(seed)
-            ck = Path(checkpoint_root)/f"{arm.label()}-seed{seed}" if checkpoint_root else None
-            ev = Evaluator.make(eval, tok, train_kw.get("template", "alpaca"), train_kw.get("max_length", 512), frame=frame, temperature=temperature)
-            r = fit(m, tok, pool.select(idx), ev, seed=seed, checkpoint_dir=ck, desc=f"{arm.label()} seed {seed}", **train_kw)
-            sel_f, sel_s = (cost.flops, cost.seconds) if arm.charged else (0.0, 0.0)
-            f = r.final
-            recs.append(dict(label=arm.label(), arm=arm.name, budget=arm.budget if arm.budget is not None else len(idx) / len(pool),
-                             seed=seed, charged=arm.charged, rows=len(idx), tokens=r.tokens, train_flops=r.flops,
-                             selection_flops=sel_f, total_flops=r.flops + sel_f, seconds=r.seconds - r.eval_seconds,
-                             selection_seconds=sel_s, eval_loss=f.get("eval_loss"), exact_match=f.get("exact_match"),
-                             **{k: v for k, v in f.items() if k not in _HISTORY_KEYS}))
-            hist[(arm.label(), seed)] = r.history
-            notes += [n for n in r.notes if n not in notes]
-            if log:
-                em = f", exact match {f['exact_match']:.1%}" if f.get("exact_match") is not None else ""
-                em += f", defect rate {f['defect_rate']:.1%}" if f.get("defect_rate") is not None else ""
-                print(f"{arm.label():>20} seed {seed}: {len(idx):,} rows, {r.flops:.3g} FLOPs, {recs[-1]['seconds']:.0f} s, "
-                      f"eval loss {f.get('eval_loss', float('nan')):.4f}{em}", flush=True)
-            del m
+    arms, cost = make_arms(selections, budgets, full, random), cost or Cost()
+    _model_factory(model)  # an unknown model name fails now, before any run
+    if workers > 1 and callable(model): raise SmallselError("workers > 1 needs a model name (a preset, alias, folder or hub id), not a callable")
+    runs = [(arm, seed, arm.pick(pool, seed)) for seed in seeds for arm in arms]
+    jobs = [dict(model=model, seed=seed, rows=pool.select(idx), eval=eval, frame=frame, temperature=temperature, desc=f"{arm.label()} seed {seed}",
+                 checkpoint_dir=Path(checkpoint_root)/f"{arm.label()}-seed{seed}" if checkpoint_root else None, train_kw=train_kw)
+            for arm, seed, idx in runs]
+    recs, hist, notes = [None] * len(runs), {}, []
+    for i, r in run_jobs("smallsel_nb.compare.train_arm", jobs, workers):
+        (arm, seed, idx), f = runs[i], r.final
+        sel_f, sel_s = (cost.flops, cost.seconds) if arm.charged else (0.0, 0.0)
+        recs[i] = dict(label=arm.label(), arm=arm.name, budget=arm.budget if arm.budget is not None else len(idx) / len(pool),
+                       seed=seed, charged=arm.charged, rows=len(idx), tokens=r.tokens, train_flops=r.flops,
+                       selection_flops=sel_f, total_flops=r.flops + sel_f, seconds=r.seconds - r.eval_seconds,
+                       selection_seconds=sel_s, eval_loss=f.get("eval_loss"), exact_match=f.get("exact_match"),
+                       **{k: v for k, v in f.items() if k not in _HISTORY_KEYS})
+        hist[(arm.label(), seed)] = r.history
+        notes += [n for n in r.notes if n not in notes]
+        if log:
+            em = f", exact match {f['exact_match']:.1%}" if f.get("exact_match") is not None else ""
+            em += f", defect rate {f['defect_rate']:.1%}" if f.get("defect_rate") is not None else ""
+            print(f"{arm.label():>20} seed {seed}: {len(idx):,} rows, {r.flops:.3g} FLOPs, {recs[i]['seconds']:.0f} s, "
+                  f"eval loss {f.get('eval_loss', float('nan')):.4f}{em}", flush=True)
+    hist = {k: hist[k] for k in [(a.label(), sd) for a, sd, _ in runs]}  # table order, whatever finished first
     return CompareResult(pd.DataFrame(recs), hist, cost, notes)
 
 # %% ../nbs/07_compare.ipynb #98975823
@@ -348,11 +382,14 @@ def train_reference(pool:Dataset, # the noisy pool
                     preset:str="tiny", # from-scratch preset of the reference model
                     fraction:float=0.5, # share of the pool it is trained on (a random split)
                     seed:int=0, # seed of the split, the initialisation and the row order
+                    filters:list|None=None, # selection steps its training rows must pass first (e.g. `demo_filters()`); None: any row
                     **train_kw, # `train_lm` settings (epochs, lr, batch_size, template, ...)
                    )->tuple: # (model, tokenizer, TrainResult, indices of its training rows)
-    "Train a small from-scratch reference model on a random split of the pool."
+    "Train a small from-scratch reference model on a random split of the pool (of the rows that pass `filters`)."
     if not 0 < fraction <= 1: raise SmallselError(f"fraction={fraction} must be in (0, 1]")
-    idx = np.sort(np.random.default_rng([seed, 7]).choice(len(pool), max(1, round(fraction * len(pool))), replace=False))
+    ok = Pipeline(list(filters))(pool, seed=seed).kept if filters else np.arange(len(pool))
+    if len(ok) == 0: raise SmallselError("no row of the pool passes the reference model's filters")
+    idx = np.sort(np.random.default_rng([seed, 7]).choice(ok, max(1, round(fraction * len(ok))), replace=False))
     m, tok = make_lm(preset, seed=seed + 1000)
     r = train_lm(m, tok, pool.select(idx), seed=seed, desc="reference", **train_kw)
     return m, tok, r, idx
@@ -379,10 +416,11 @@ DEMO = dict(benchmark="v2", # the embedded benchmark: v2 (learnable rules, a wea
             concentration=0.9, # v2: share of each systematic failure's rows in its home family (1/5: spread evenly)
             families=None, # task families (None: all of the benchmark's)
             reference="tiny", # the small scoring model (from scratch)
-            ref_fraction=1.0, # share of the pool the reference model is trained on (all of it: it learns the majority mapping)
-            ref_train=dict(epochs=2, lr=3e-3, batch_size=32), # its training settings
+            ref_fraction=1.0, # share of its rows the reference model is trained on (all: it learns the majority mapping)
+            ref_on="filtered", # its rows: "filtered" (those that pass the selection's filters, `demo_filters`) or "pool" (every row)
+            ref_train=dict(epochs=8, lr=3e-3, batch_size=32, micro_tokens=512), # its training settings
             large="small", # the model the comparison trains (from scratch)
-            train=dict(epochs=3, lr=3e-3, batch_size=16, eval_every=None), # its training settings, the same for every arm
+            train=dict(epochs=3, lr=3e-3, batch_size=16, eval_every=None, micro_tokens=512), # its training settings, the same for every arm
             budgets=[0.3], # selection budgets (fractions of the pool)
             seeds=1, # seeds of the large-model runs
             oracle=False, # also train on a random subset of the rows labelled correct (an upper bound, reads the labels)
@@ -390,12 +428,25 @@ DEMO = dict(benchmark="v2", # the embedded benchmark: v2 (learnable rules, a wea
             frame="Answer:", # how a well-formed response starts (the defect rates' off-format check)
             temperature=1.0, # also measure generations sampled at this temperature
             template="none", # prompt template (short prompts: the byte tokenizer reads every character)
-            max_length=128) # longest prompt + response in tokens
-DEMO_V1 = {**DEMO, "benchmark": "v1", "n": 2000, "noise": 0.4, "ref_fraction": 0.5, "ref_train": dict(epochs=3, lr=3e-3, batch_size=32, group_by_length=16),
+            max_length=128, # longest prompt + response in tokens
+            workers=2) # processes training the large-model runs side by side (one core each)
+DEMO_V1 = {**DEMO, "benchmark": "v1", "n": 2000, "noise": 0.4, "ref_fraction": 0.5, "ref_on": "pool", "ref_train": dict(epochs=3, lr=3e-3, batch_size=32, group_by_length=16),
            "train": dict(epochs=3, lr=1e-3, batch_size=8, group_by_length=16, eval_every=None), "select_by": "cond_loss",
            "frame": None, "temperature": None, "concentration": None}
 DEMOS = {"v1": DEMO_V1, "v2": DEMO}
 DEMO_FULL = {"seeds": 3, "budgets": [0.1, 0.3], "oracle": True} # what `--full` changes
+
+def _cpu_seconds()->float:
+    "CPU time of this process and of its finished child processes (the training workers)."
+    t = os.times(); return t.user + t.system + t.children_user + t.children_system
+
+def demo_filters(benchmark:str="v2", # v2: exact dedup, the heuristics and `Ending`; v1: dedup and the heuristics
+                )->list: # selection steps that read only the text
+    "The demo selection's filters (before the budget): the rows a reference model may learn from."
+    from smallsel_nb.dedup import dedup_steps, ExactDedup
+    from smallsel_nb.heuristics import heuristic_steps, Ending
+    if benchmark == "v1": return dedup_steps() + heuristic_steps()
+    return [ExactDedup()] + heuristic_steps() + [Ending()]  # no near-dedup: see above
 
 def demo_selection(budget:float, # fraction of the pool to keep
                    benchmark:str="v2", # v2: exact dedup, heuristics with `Ending`, lowest `by` per task; v1: dedup, heuristics, middle `cond_loss` band per task
@@ -403,12 +454,9 @@ def demo_selection(budget:float, # fraction of the pool to keep
                   )->Pipeline:
     "The demo's selection rule for `benchmark` (see the text above for how each was chosen)."
     from smallsel_nb.select import Band, Bottom
-    from smallsel_nb.dedup import dedup_steps, ExactDedup
-    from smallsel_nb.heuristics import heuristic_steps, Ending
     from smallsel_nb.recipes import stratify_budget
-    if benchmark == "v1": pipe = Pipeline(dedup_steps() + heuristic_steps(), budget=Band("cond_loss", "middle", keep=budget), name="selected")
-    else: pipe = Pipeline([ExactDedup()] + heuristic_steps() + [Ending()], budget=Bottom(by, keep=budget), name="selected")  # no near-dedup: see above
-    return stratify_budget(pipe, "task")
+    budget = Band("cond_loss", "middle", keep=budget) if benchmark == "v1" else Bottom(by, keep=budget)
+    return stratify_budget(Pipeline(demo_filters(benchmark), budget=budget, name="selected"), "task")
 
 _CORRECT = ["clean", "duplicate", "near_duplicate"]  # duplicates are noise only because they are redundant
 
@@ -442,6 +490,9 @@ def demo_settings(full:bool=False, # `DEMO_FULL` on top: three seeds, budgets of
     if not isinstance(cfg["n"], int) or cfg["n"] < need:
         raise SmallselError(f"--n {cfg['n']} is too small for a {min(cfg['budgets']):.0%} budget: use at least {need} rows")
     if not isinstance(cfg["seeds"], int) or cfg["seeds"] < 1: raise SmallselError(f"--seeds must be an integer >= 1, got {cfg['seeds']!r}")
+    if cfg["ref_on"] not in ("filtered", "pool"): raise SmallselError(f"ref_on must be 'filtered' or 'pool', got {cfg['ref_on']!r}")
+    if isinstance(cfg["workers"], bool) or not isinstance(cfg["workers"], int) or cfg["workers"] < 1:
+        raise SmallselError(f"--workers must be an integer >= 1, got {cfg['workers']!r}")
     return cfg
 
 def run_demo(full:bool=False, # three seeds, budgets of 10% and 30% and the oracle arm (`DEMO_FULL`) instead of one seed at 30%
@@ -455,15 +506,19 @@ def run_demo(full:bool=False, # three seeds, budgets of 10% and 30% and the orac
     from smallsel_nb.synth import noisy_benchmark
     cfg = demo_settings(full, benchmark, **overrides)
     say = print if log else (lambda *a, **k: None)
-    t0, c0 = time.time(), time.process_time()
+    t0, c0 = time.time(), _cpu_seconds()
     tk = dict(template=cfg["template"], max_length=cfg["max_length"])
     v2 = dict(concentration=cfg["concentration"]) if benchmark == "v2" else {}
     pool, ev = noisy_benchmark(cfg["n"], cfg["n_eval"], noise=cfg["noise"], seed=seed, families=cfg["families"], benchmark=benchmark, **v2)
     say(f"1/5 noisy pool (benchmark {benchmark}): {len(pool):,} rows, {_noise_share(pool, np.arange(len(pool))):.0%} corrupted "
         f"(+ {np.isin(pool['noise_kind'], ['duplicate', 'near_duplicate']).mean():.0%} duplicates); clean eval split: {len(ev):,} rows")
-    ref, rtok, rres, _ = train_reference(pool, cfg["reference"], cfg["ref_fraction"], seed=seed, eval_start=False, eval_every=0, **tk, **cfg["ref_train"])
-    say(f"2/5 reference model `{cfg['reference']}` ({rres.n_params/1e6:.2f}M matmul params) trained on a random "
-        f"{cfg['ref_fraction']:.0%} of the pool: {rres.steps} steps, {rres.flops:.3g} FLOPs, {rres.seconds:.0f} s")
+    filters = demo_filters(benchmark) if cfg["ref_on"] == "filtered" else None
+    ref, rtok, rres, ridx = train_reference(pool, cfg["reference"], cfg["ref_fraction"], seed=seed, filters=filters,
+                                            eval_start=False, eval_every=0, **tk, **cfg["ref_train"])
+    say(f"2/5 reference model `{cfg['reference']}` ({rres.n_params/1e6:.2f}M matmul params) trained on {len(ridx):,} rows "
+        f"({'a random ' + format(cfg['ref_fraction'], '.0%') + ' of ' if cfg['ref_fraction'] < 1 else ''}"
+        f"{'the rows that pass the filters' if filters else 'the pool'}), {_noise_share(pool, ridx):.0%} of them corrupted: "
+        f"{rres.steps} steps, {rres.flops:.3g} FLOPs, {rres.seconds:.0f} s")
     scored, scost = score_with_reference(pool, ref, rtok, **tk)
     cost = Cost(rres.flops, rres.seconds, {"reference training": rres.flops}) + scost
     say(f"3/5 scored {len(pool):,} rows: {scost.flops:.3g} FLOPs, {scost.seconds:.0f} s")
@@ -478,9 +533,9 @@ def run_demo(full:bool=False, # three seeds, budgets of 10% and 30% and the orac
         f"{' / oracle' if cfg['oracle'] else ''}, {cfg['seeds']} seed(s):")
     sels = {"selected": select, **({f"oracle@{b:g}": oracle_arm(b) for b in cfg["budgets"]} if cfg["oracle"] else {})}
     res = compare(scored, ev, sels, budgets=cfg["budgets"], seeds=[seed + s for s in range(cfg["seeds"])], model=cfg["large"],
-                  cost=cost, log=log, frame=cfg["frame"], temperature=cfg["temperature"], **tk, **cfg["train"])
-    res.notes.append(f"demo wall time {time.time() - t0:.0f} s, process CPU time {time.process_time() - c0:.0f} s, "
-                     f"torch threads {torch.get_num_threads()}")
+                  cost=cost, log=log, frame=cfg["frame"], temperature=cfg["temperature"], workers=cfg["workers"], **tk, **cfg["train"])
+    res.notes.append(f"demo wall time {time.time() - t0:.0f} s, CPU time {_cpu_seconds() - c0:.0f} s (this process and its workers), "
+                     f"torch threads {torch.get_num_threads()} per process, {cfg['workers']} worker process(es)")
     if out is not None:
         res.save(out)
         res.notes.append(f"results, table and plot written to {out}/")
@@ -494,14 +549,15 @@ def cli_demo(full:bool=False, # three seeds, budgets of 10 and 30 percent, and a
              noise:float=None, # share of corrupted rows (default: 0.6 for v2, 0.4 for v1)
              n:int=None, # rows in the noisy pool (default: 3000 for v2, 2000 for v1)
              benchmark:str="v2", # v2 (learnable rules, systematic weak-model noise) or v1 (the first benchmark)
-             threads:int=1, # CPU threads for torch (1 is fastest on a busy 2-core machine)
+             threads:int=1, # CPU threads for torch per process (1 is fastest on a busy 2-core machine)
+             workers:int=2, # processes training the large-model runs side by side (1: one after another)
             )->CompareResult:
     "Run the embedded demo: noisy pool, small reference model, scores, 30% selection, large model on full / random / selected."
-    demo_settings(full, benchmark, seeds=seeds, noise=noise, n=n)   # bad settings fail now, not after minutes of training
+    demo_settings(full, benchmark, seeds=seeds, noise=noise, n=n, workers=workers)   # bad settings fail now, not after minutes of training
     check_output(out, None)  # before minutes of work: the results folder can be written
     torch.set_num_threads(max(1, threads))
     os.environ.setdefault("SMALLSEL_PROGRESS", "0")
-    res = run_demo(full=full, out=out, seed=seed, benchmark=benchmark, seeds=seeds, noise=noise, n=n)
+    res = run_demo(full=full, out=out, seed=seed, benchmark=benchmark, seeds=seeds, noise=noise, n=n, workers=workers)
     print("\n" + res.summary())
     return res
 
@@ -554,7 +610,7 @@ def plot_map(m:pd.DataFrame, # from `selection_map`
     return fig
 
 # %% ../nbs/07_compare.ipynb #aa9bbf91
-_CONFIG_KEYS = {"pool", "eval", "reference", "selections", "budgets", "seeds", "model", "train", "template", "max_length", "out", "threads",
+_CONFIG_KEYS = {"pool", "eval", "reference", "workers", "selections", "budgets", "seeds", "model", "train", "template", "max_length", "out", "threads",
                 "frame", "temperature"}
 
 def _rows_from(spec, what:str, cfg_path:Path, seed_default:int=0):
@@ -607,7 +663,10 @@ def cli_compare(config:str, # YAML file describing the grid (see the notebook fo
     if cfg.get("reference"):
         ref = dict(cfg["reference"]); name = ref.get("model", "tiny")
         if resolve_model(name)["kind"] == "preset":
-            m, tok, r, _ = train_reference(pool, name, ref.get("fraction", 0.5), eval_start=False, eval_every=0, **tk, **(ref.get("train") or {}))
+            on = ref.get("on", "pool")
+            if on not in ("pool", "filtered"): raise SmallselError(f"{p}: reference.on must be 'pool' or 'filtered' (the demo's filters), got {on!r}")
+            filters = demo_filters("v2") if on == "filtered" else None  # exact dedup, the heuristics, `Ending`
+            m, tok, r, _ = train_reference(pool, name, ref.get("fraction", 0.5), filters=filters, eval_start=False, eval_every=0, **tk, **(ref.get("train") or {}))
             cost = Cost(r.flops, r.seconds, {"reference training": r.flops})
             print(f"reference {name}: {r.summary()}")
         else: m, tok = load_lm(name)
@@ -615,7 +674,7 @@ def cli_compare(config:str, # YAML file describing the grid (see the notebook fo
         cost = cost + scost
         print(f"scored {len(pool):,} rows with {name}: {scost.flops:.3g} FLOPs, {scost.seconds:.0f} s")
     res = compare(pool, ev, sels, budgets=cfg.get("budgets", [0.3]), seeds=cfg.get("seeds", 3), model=cfg.get("model", "small"),
-                  cost=cost, frame=cfg.get("frame"), temperature=cfg.get("temperature"), **tk, **(cfg.get("train") or {}))
+                  cost=cost, frame=cfg.get("frame"), temperature=cfg.get("temperature"), workers=cfg.get("workers", 1), **tk, **(cfg.get("train") or {}))
     if out is not None: res.save(out)
     print("\n" + res.summary())
     return res

@@ -16,13 +16,13 @@ from datasets import Dataset
 from .core import (SmallselError, get_device, progress, fingerprint, table_fingerprint, matmul_params, train_flops,
                               cuda_has_bf16, logger, atomic_write, settings_with)
 from fastcore.meta import delegates
-from .lm import TokenRows, token_rows, pad_id_of, response_nll
+from .lm import TokenRows, token_rows, pad_id_of, response_nll, plan_batches
 from .evaluate import Evaluator
 
 # %% auto #0
-__all__ = ['CKPT', 'LEGACY_CKPT', 'schedule', 'padded_tokens', 'lr_at', 'save_checkpoint', 'load_checkpoint', 'TrainResult',
-           'process_device', 'ResponseLoss', 'master_fp32', 'check_train_settings', 'TrainSettings', 'TrainPlan',
-           'plan_training', 'train_step', 'train_lm']
+__all__ = ['CKPT', 'LEGACY_CKPT', 'schedule', 'padded_tokens', 'split_by_tokens', 'lr_at', 'save_checkpoint', 'load_checkpoint',
+           'TrainResult', 'process_device', 'ResponseLoss', 'master_fp32', 'check_train_settings', 'TrainSettings',
+           'TrainPlan', 'plan_training', 'train_step', 'train_lm']
 
 # %% ../nbs/06_train.ipynb #d2402ef8
 def schedule(n:int, # rows in the training set
@@ -57,6 +57,23 @@ def padded_tokens(steps:list, # from `schedule`
                  )->int: # tokens the right-padded micro-batches hold
     "Tokens a schedule's padded batches hold (real tokens + padding)."
     return int(sum(len(b) * lengths[b].max() for st in steps for b in st))
+
+# %% ../nbs/06_train.ipynb #f0c4f884
+def _check_micro_tokens(v):
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+        raise SmallselError(f"micro_tokens={v!r} must be an integer >= 1 (or None: micro-batches of batch_size rows)")
+
+def split_by_tokens(steps:list, # from `schedule`: per step, its micro-batches (row indices)
+                    lengths:np.ndarray, # tokens per row
+                    micro_tokens:int, # most padded tokens (rows × longest row) per micro-batch; a longer row goes alone
+                   )->list[list[np.ndarray]]: # the same steps, each cut into length-sorted micro-batches
+    "Re-cut every step's rows, sorted by length, into token-budget micro-batches (the same rows per step)."
+    _check_micro_tokens(micro_tokens)
+    lengths = np.asarray(lengths); out = []
+    for st in steps:
+        rows = np.concatenate(st); rows = rows[np.argsort(lengths[rows], kind="stable")]
+        out.append([rows[b] for b in plan_batches(lengths[rows], micro_tokens)])
+    return out
 
 # %% ../nbs/06_train.ipynb #b9318808
 def lr_at(step:int, # optimizer step, 0-based
@@ -287,6 +304,7 @@ class TrainSettings:
     betas:tuple=(0.9, 0.95) # AdamW betas
     grad_clip:float=1.0 # clip the gradient norm to this (0: no clipping)
     group_by_length:int=1 # > 1: batch rows of similar length, windows of this many steps (less padding, slower learning per token)
+    micro_tokens:int|None=None # cut each step's rows, sorted by length, into micro-batches of at most this many padded tokens (same gradients)
     template:str="alpaca" # prompt template: alpaca, chat or none
     max_length:int=512 # longest prompt + response in tokens (rows are truncated as in scoring)
     eval_every:int|None=None # evaluate every this many steps (default: 5 times per run; 0: only at the end)
@@ -295,7 +313,8 @@ class TrainSettings:
     checkpoint_every:int|None=None # steps between checkpoints (default: at every evaluation)
     seed:int=0 # seed of the row order
     precision:str="auto" # forward under: auto (bf16 autocast on a GPU with native bf16, else fp32), fp32 or bf16
-    def __post_init__(self): check_train_settings(self.lr, self.epochs, self.max_steps, self.min_lr, self.warmup)
+    def __post_init__(self):
+        check_train_settings(self.lr, self.epochs, self.max_steps, self.min_lr, self.warmup); _check_micro_tokens(self.micro_tokens)
 
 # %% ../nbs/06_train.ipynb #8f1ad70f
 @dataclass
@@ -315,13 +334,15 @@ class TrainPlan:
         "What a checkpoint must match to be resumed (the settings that change which steps run and how)."
         return dict(template=s.template, max_length=s.max_length, batch_size=s.batch_size, grad_accum=s.grad_accum,
                     epochs=s.epochs, max_steps=s.max_steps, lr=s.lr, min_lr=self.min_lr, warmup=self.warm,
-                    weight_decay=s.weight_decay, betas=list(s.betas), grad_clip=s.grad_clip, group=s.group_by_length, seed=s.seed, v=1)
+                    weight_decay=s.weight_decay, betas=list(s.betas), grad_clip=s.grad_clip, group=s.group_by_length, seed=s.seed, v=1,
+                    **({"micro_tokens": s.micro_tokens} if s.micro_tokens is not None else {}))  # absent when unset: older checkpoints still match
 
 def plan_training(rows:TokenRows, # tokenized training rows (`lm.token_rows`)
                   s:TrainSettings, # the recipe
                  )->TrainPlan:
     "The run's steps and their running totals of rows, tokens and response tokens."
     steps = schedule(len(rows), s.batch_size, s.grad_accum, s.epochs, s.max_steps, s.seed, rows.ids.lengths, s.group_by_length)
+    if s.micro_tokens is not None: steps = split_by_tokens(steps, rows.ids.lengths, s.micro_tokens)
     step_rows = [np.concatenate(st) for st in steps]
     L = rows.ids.lengths; resp = L - rows.start
     total = len(steps)

@@ -20,7 +20,7 @@ from .train import TrainResult, train_lm
 
 # %% auto #0
 __all__ = ['TRL_EXTRA', 'LR_DEFAULTS', 'require_trl', 'from_scratch', 'pick_backend', 'default_lr', 'sft_dataset', 'linear_names',
-           'lora_config', 'EvalCallback', 'eos_as_text', 'train_trl', 'fit', 'cli_finetune']
+           'lora_config', 'sharded_params', 'EvalCallback', 'eos_as_text', 'train_trl', 'fit', 'cli_finetune']
 
 # %% ../nbs/06a_trl.ipynb #c933da21
 TRL_EXTRA = 'pip install "smallsel_nb[trl]"'
@@ -100,6 +100,13 @@ def lora_config(model, # the model the adapters go into
     if bad or not ts: raise SmallselError(f"LoRA target module {(bad or [targets])[0]!r} is not in {type(model).__name__}; its linear modules: {', '.join(names)}")
     return peft.LoraConfig(r=r, lora_alpha=alpha or 2 * r, target_modules=ts, lora_dropout=dropout, task_type="CAUSAL_LM")
 
+# %% ../nbs/06a_trl.ipynb #0db6f064
+def sharded_params(args, # the run's `TrainingArguments`
+                  )->bool:
+    "Whether the model's parameters are sharded across processes (FSDP or DeepSpeed, from the arguments or `accelerate launch`)."
+    on = lambda k: os.environ.get(k, "").lower() in ("1", "true", "yes")
+    return bool(getattr(args, "fsdp", None)) or bool(getattr(args, "deepspeed", None)) or on("ACCELERATE_USE_FSDP") or on("ACCELERATE_USE_DEEPSPEED")
+
 # %% ../nbs/06a_trl.ipynb #10f0751a
 class EvalCallback(TrainerCallback):
     "Runs this package's `Evaluator` every `every` steps (and at the end) and keeps the history `train_lm` keeps."
@@ -109,9 +116,9 @@ class EvalCallback(TrainerCallback):
         self.history, self.n_params, self.log = history, n_params, log
         self.loss_sum, self.loss_n, self.eval_s, self.lr, self.t0 = 0.0, 0, 0.0, 0.0, time.time()
 
-    def record(self, state, final=False):
+    def record(self, state, args, final=False):
         te = time.time()
-        res = self.ev(self.model, self.tok, exact=final or self.exact_every) if self.ev is not None else {}
+        res = self._evaluate(args, exact=final or self.exact_every) if self.ev is not None else {}
         self.model.train(); self.eval_s += time.time() - te
         tokens = int(state.num_input_tokens_seen)
         self.history.append(dict(step=state.global_step, epoch=round(state.epoch or 0.0, 4), tokens=tokens,
@@ -122,13 +129,22 @@ class EvalCallback(TrainerCallback):
         if self.log and state.is_world_process_zero:
             print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.history[-1].items() if v is not None))
 
+    def _evaluate(self, args, exact:bool)->dict:
+        "Every process evaluates when the parameters are sharded (FSDP, DeepSpeed: each forward is collective); otherwise the main one does and sends the result."
+        import torch.distributed as td
+        if not (td.is_available() and td.is_initialized() and td.get_world_size() > 1) or sharded_params(args):
+            return self.ev(self.model, self.tok, exact=exact)
+        box = [self.ev(self.model, self.tok, exact=exact) if td.get_rank() == 0 else None]
+        td.broadcast_object_list(box, src=0)  # the others wait here (DDP: each holds the whole model, so one copy suffices)
+        return box[0]
+
     def on_train_begin(self, args, state, control, **kw):
-        if state.global_step == 0 and self.eval_start and self.ev is not None and not self.history: self.record(state)
+        if state.global_step == 0 and self.eval_start and self.ev is not None and not self.history: self.record(state, args)
     def on_log(self, args, state, control, logs=None, **kw):
         if not logs or "loss" not in logs: return  # the end-of-training summary has train_loss instead
         self.loss_sum += logs["loss"]; self.loss_n += 1; self.lr = logs.get("learning_rate", 0.0)
         if state.global_step % self.every == 0 or state.global_step >= state.max_steps:
-            self.record(state, final=state.global_step >= state.max_steps)
+            self.record(state, args, final=state.global_step >= state.max_steps)
     def on_save(self, args, state, control, **kw):
         if state.is_world_process_zero:
             ck = Path(args.output_dir)/f"checkpoint-{state.global_step}"

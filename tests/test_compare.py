@@ -150,3 +150,30 @@ temperature: 1.0
     for k in ("defect_rate", "wrong_rate", "defect_off_format", "sampled_defect_rate", "sampled_exact_match"): assert s[k].notna().all(), k
     assert np.allclose(s.exact_match + s.wrong_rate + s.defect_rate, 1.0)
     assert "defect rate" in r.table().columns and "defect rate" in r.verdict()[0]
+
+@pytest.mark.slow
+def test_workers_train_the_same_models(bench):
+    "Runs trained side by side in spawned processes give the same numbers, in the same table order, as one after another."
+    pool, ev = bench
+    sel = {"low": lambda b: Pipeline([], budget=Bottom("cond_loss", keep=b))}
+    one, two = (compare(pool, ev, sel, budgets=[0.25], seeds=[0, 1], model="tiny", workers=w, **KW) for w in (1, 2))
+    cols = ["label", "seed", "rows", "tokens", "train_flops", "eval_loss", "exact_match"]
+    pd.testing.assert_frame_equal(one.runs[cols], two.runs[cols])
+    assert list(one.histories) == list(two.histories)
+
+def test_workers_refuse_bad_values(bench):
+    pool, ev = bench
+    with pytest.raises(SmallselError, match="workers=0"): compare(pool, ev, seeds=1, model="tiny", workers=0, **KW)
+    with pytest.raises(SmallselError, match="needs a model name"):
+        compare(pool, ev, seeds=1, model=lambda seed: make_lm("tiny", seed=seed), workers=2, **KW)
+
+@pytest.mark.slow
+def test_unguarded_script_with_workers_says_what_to_do(tmp_path):
+    "Spawned workers import a script again; without a `__main__` guard the pool breaks, and the error says how to fix it."
+    import subprocess, sys
+    f = tmp_path/"unguarded.py"
+    f.write_text("from smallsel_nb.compare import compare\nfrom smallsel_nb.synth import noisy_benchmark\n"
+                 "pool, ev = noisy_benchmark(60, 8, seed=0)\n"
+                 "compare(pool, ev, seeds=1, model='tiny', workers=2, template='none', max_steps=1, batch_size=8, eval_every=0, eval_start=False, log=False)\n")
+    r = subprocess.run([sys.executable, str(f)], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "if __name__ == '__main__':" in r.stderr and "workers=1" in r.stderr

@@ -103,3 +103,35 @@ def test_finetune_two_processes_rank0_writes(tmp_path):
     assert json.loads((tmp_path/"two"/"history.json").read_text())["steps"] == 2
     one, two = load_lm(str(tmp_path/"one"))[0].state_dict(), load_lm(str(tmp_path/"two"))[0].state_dict()
     for k in one: torch.testing.assert_close(one[k], two[k], rtol=1e-4, atol=1e-4)
+
+TRL_DDP = """
+import json, os, sys
+import smallsel_nb.evaluate as E
+calls = []
+_orig = E.Evaluator.__call__
+def counted(self, *a, **k):
+    calls.append(1); return _orig(self, *a, **k)
+E.Evaluator.__call__ = counted
+from smallsel_nb.models import make_lm
+from smallsel_nb.synth import make_noisy_instructions, make_eval_split
+from smallsel_nb.train_trl import fit
+m, t = make_lm("tiny", seed=0)
+r = fit(m, t, make_noisy_instructions(32, seed=0), make_eval_split(6, seed=0), backend="trl", max_steps=2, batch_size=4,
+        template="none", eval_every=1, eval_start=False, device="cpu")
+rank = int(os.environ["RANK"])
+open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w").write(json.dumps(dict(calls=len(calls), history=r.history)))
+"""
+
+@pytest.mark.slow
+@needs_trl
+def test_ddp_evaluates_on_the_main_process_only(tmp_path):
+    "Under DDP (2 gloo processes) only rank 0 runs the evaluation; rank 1 receives the same numbers."
+    import os, subprocess
+    f = tmp_path/"run.py"; f.write_text(TRL_DDP)
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(f), str(tmp_path)],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "SMALLSEL_PROGRESS": "0", "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path/f"rank{i}.json").read_text()) for i in (0, 1))
+    assert r0["calls"] >= 2 and r1["calls"] == 0
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]
+    assert strip(r0["history"]) == strip(r1["history"]) and "eval_loss" in r0["history"][-1]
