@@ -125,13 +125,16 @@ def dsir_weights(pool:pa.Array, # pool texts
     for a, b, k, row in ngram_buckets(pool, n_buckets): out[a:b] = np.bincount(row, weights=diff[k], minlength=b - a)
     return out
 
-# %% ../nbs/04e_targeted.ipynb #4d5d93a9
+# %% ../nbs/04e_targeted.ipynb #1c0c8504
 @dataclass
 class DSIR(Targeted):
     "DSIR (Xie et al., 2023): keep rows sampled by their hashed n-gram importance weight toward the target rows."
     n_buckets: int = 10_000 # hash buckets of the n-gram models
     smoothing: float = 1.0 # pseudo-count per bucket
     resample: bool = True # importance resampling (Gumbel top-k, seeded); False: the largest weights
+    def __post_init__(self):
+        super().__post_init__()
+        if int(self.n_buckets) < 1 or not self.smoothing > 0: raise SmallselError(f"dsir: need n_buckets >= 1 and smoothing > 0; got {self.n_buckets}, {self.smoothing}")
     @property
     def name(self): return "dsir"
     def weights(self, cols:Columns, idx:np.ndarray)->np.ndarray:
@@ -267,7 +270,7 @@ def grad_features(model, # causal LM
         out[idx] = torch.nn.functional.normalize(G.reshape(len(idx), -1), dim=-1).cpu().numpy()
     return out
 
-# %% ../nbs/04e_targeted.ipynb #0e9724d8
+# %% ../nbs/04e_targeted.ipynb #7a4acd44
 AGGS = ("max", "mean") # how a pool row's cosines to the target rows become its score
 
 def cosine_to_targets(Q:np.ndarray, # (T, d) unit target vectors
@@ -307,6 +310,7 @@ class LESSLite(Targeted):
         super().__post_init__()
         if self.target_rows is None: raise SmallselError(f"{self.name}: the target must be rows with instruction and output columns, not plain texts (the loss needs a response)")
         canonical_rows(self.target_rows, np.arange(0), self.name)  # the target has the columns the loss needs
+        if int(self.dim) < 1: raise SmallselError(f"{self.name}: dim={self.dim} must be at least 1")
         if self.agg not in AGGS: raise SmallselError(f"{self.name}: agg={self.agg!r}: choose max or mean")
     def features(self, cols:Columns, idx:np.ndarray, lm:tuple)->np.ndarray:
         "Projected gradients of the rows `idx` of `cols`."
