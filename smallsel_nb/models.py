@@ -385,12 +385,14 @@ def _embedder(model, device):
 
 # %% ../nbs/02_models.ipynb #50cdcdbb
 def embed(texts:Sequence[str], # the texts (a list, an array or a dataset column)
-          model:str|tuple="minilm-l6", # an embedding model name, or a loaded (model, tokenizer) from `load_embedder`
+          model:str|tuple="minilm-l6", # an embedding model name, or a loaded (model, tokenizer): from `load_embedder`, or a causal LM (its body's last hidden states)
           batch_size:int=64, # texts per forward pass
           device:str|torch.device="auto", # where to run a model loaded by name (a loaded model stays where it is)
           max_length:int=256, # tokens per text; longer texts are truncated
+          pooling:str="mean", # mean, or weighted: token i of a text weighs i+1 (position-weighted mean, SGPT / RDS+: a causal LM's later tokens have read more)
          )->np.ndarray: # float32 (len(texts), dim), each row of unit length
-    "Embed texts as L2-normalised mean-pooled sentence vectors, batched and length-sorted."
+    "Embed texts as L2-normalised (mean or position-weighted mean) pooled vectors, batched and length-sorted."
+    if pooling not in ("mean", "weighted"): raise SmallselError(f"pooling={pooling!r}: choose mean or weighted")
     if isinstance(texts, str): texts = [texts]
     texts = texts.to_pylist() if hasattr(texts, "to_pylist") else list(texts)  # pyarrow columns give scalars otherwise
     bad = [i for i, x in enumerate(texts) if not isinstance(x, str)]
@@ -404,8 +406,9 @@ def embed(texts:Sequence[str], # the texts (a list, an array or a dataset column
         for i in range(0, len(texts), batch_size):
             idx = order[i:i + batch_size]
             enc = tok([texts[j] for j in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(dev)
-            h = mdl(**enc).last_hidden_state.float()
+            h = mdl.base_model(**enc).last_hidden_state.float()  # an encoder is its own base model; a causal LM's is its body
             m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+            if pooling == "weighted": m = m * m.cumsum(1)
             v = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)
             out[idx] = v.cpu().numpy(); bar.update(len(idx))
     return out

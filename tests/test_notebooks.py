@@ -9,7 +9,7 @@ NOTEBOOKS = sorted(p for p in NBS.rglob("*.ipynb") if not any(part.startswith(("
 # notebooks whose fast cells still take > ~5 s (measured on 2 CPU cores), and every tutorial (20-90 s each): run by the
 # full suite, left out of the fast subset `-m "not slow"`
 SLOW = {"01a_synth", "02_models", "03_scoring", "06_train", "06a_trl", "07_compare", "03a_ensemble", "03b_predictor", "08_explore",
-        "03c_distributed"}
+        "03c_distributed", "04e_targeted"}
 def is_slow(nb:Path)->bool: return nb.stem in SLOW or nb.relative_to(NBS).parts[0] == "tutorials"
 
 @pytest.mark.parametrize("nb", [pytest.param(p, marks=pytest.mark.slow) if is_slow(p) else p for p in NOTEBOOKS],
