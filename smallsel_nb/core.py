@@ -85,10 +85,11 @@ def get_dtype(dtype:str|torch.dtype="auto", # "auto", "float32", "bfloat16", "fl
 @contextlib.contextmanager
 def tf32_matmul():
     "Let fp32 matmuls on CUDA use TF32 inside the block (a decorator too); CPU matmuls are untouched."
-    old = torch.backends.cuda.matmul.fp32_precision
-    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    m = torch.backends.cuda.matmul   # torch >= 2.9: `fp32_precision`; before it: `allow_tf32` (deprecated since)
+    key, on = ("fp32_precision", "tf32") if hasattr(m, "fp32_precision") else ("allow_tf32", True)
+    old = getattr(m, key); setattr(m, key, on)
     try: yield
-    finally: torch.backends.cuda.matmul.fp32_precision = old
+    finally: setattr(m, key, old)
 
 # %% ../nbs/00_core.ipynb #ba7efa76
 def set_seed(seed:int=0, # seed for python, numpy and torch (all devices)
