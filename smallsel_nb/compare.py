@@ -29,8 +29,8 @@ from .train_trl import fit
 # %% auto #0
 __all__ = ['DEMO', 'DEMO_V1', 'DEMOS', 'DEMO_FULL', 'scoring_tokens', 'Cost', 'scoring_cost', 'Arm', 'make_arms', 'mean_ci',
            'fmt_ci', 'CompareResult', 'train_arm', 'run_jobs', 'compare', 'train_reference', 'score_with_reference',
-           'demo_filters', 'demo_selection', 'oracle_arm', 'demo_settings', 'run_demo', 'cli_demo', 'selection_map',
-           'plot_map', 'cli_compare']
+           'demo_filters', 'demo_selection', 'oracle_arm', 'demo_settings', 'demo_reference', 'run_demo', 'cli_demo',
+           'selection_map', 'plot_map', 'cli_compare']
 
 # %% ../nbs/07_compare.ipynb #934664aa
 def scoring_tokens(ds:Dataset, # the rows scored
@@ -308,7 +308,7 @@ def train_arm(job:dict, # model (name), seed, rows, eval, frame, temperature, de
     return fit(m, tok, job["rows"], ev, seed=job["seed"], checkpoint_dir=job["checkpoint_dir"], desc=job["desc"], **kw)
 
 def run_jobs(fn:str, # dotted path of a module-level function, e.g. "smallsel_nb.compare.train_arm" (workers import it by name)
-             jobs:list, # its arguments, one per job (picklable when workers > 1)
+             jobs, # its arguments, one per job (picklable when workers > 1); an iterable is read as jobs are submitted
              workers:int=1, # processes (1: here, one after another)
             ):
     "Yield `(index, fn(job))` as jobs finish: in this process, or in `workers` fresh (spawned) processes with this one's torch threads."
@@ -316,16 +316,16 @@ def run_jobs(fn:str, # dotted path of a module-level function, e.g. "smallsel_nb
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1: raise SmallselError(f"workers={workers!r} must be an integer >= 1")
     mod, name = fn.rsplit(".", 1)
     fn = getattr(importlib.import_module(mod), name)  # the module's own function (not a notebook's copy): spawned workers find it
-    if workers == 1 or len(jobs) < 2:
+    if workers == 1:
         for i, job in enumerate(jobs): yield i, fn(job)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
     try:
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as ex:
-            futs = {ex.submit(fn, job): i for i, job in enumerate(jobs)}
+            futs = {ex.submit(fn, job): i for i, job in enumerate(jobs)}  # a later job's arguments may be made while earlier ones run
             for f in as_completed(futs): yield futs[f], f.result()
     except BrokenProcessPool as e:
         raise SmallselError(f"a worker process died ({e}); in a script, call this under `if __name__ == '__main__':` "
@@ -337,7 +337,7 @@ def compare(pool:Dataset, # the training pool (with score columns when selection
             budgets:list=(0.3,), # fractions of the pool for random subsets and recipes / factories
             seeds:int|list=3, # number of seeds (0, 1, ...) or the seeds themselves
             model:str|Callable="small", # the large model: preset, alias, folder, hub id, or seed -> (model, tokenizer)
-            cost:Cost|None=None, # compute that made the selections (reference training + scoring), charged to charged arms
+            cost:Cost|Callable|None=None, # compute that made the selections (reference training + scoring), charged to charged arms; or a function returning it
             full:bool=True, # train on the full pool
             random:bool=True, # train on a random subset at each budget
             checkpoint_root:str|Path|None=None, # per-run checkpoint folders (resume a killed comparison)
@@ -354,14 +354,19 @@ def compare(pool:Dataset, # the training pool (with score columns when selection
     arms, cost = make_arms(selections, budgets, full, random), cost or Cost()
     _model_factory(model)  # an unknown model name fails now, before any run
     if workers > 1 and callable(model): raise SmallselError("workers > 1 needs a model name (a preset, alias, folder or hub id), not a callable")
-    runs = [(arm, seed, arm.pick(pool, seed)) for seed in seeds for arm in arms]
-    jobs = [dict(model=model, seed=seed, rows=pool.select(idx), eval=eval, frame=frame, temperature=temperature, desc=f"{arm.label()} seed {seed}",
-                 checkpoint_dir=Path(checkpoint_root)/f"{arm.label()}-seed{seed}" if checkpoint_root else None, train_kw=train_kw)
-            for arm, seed, idx in runs]
-    recs, hist, notes = [None] * len(runs), {}, []
-    for i, r in run_jobs("smallsel_nb.compare.train_arm", jobs, workers):
+    runs = []
+    def jobs():  # each arm's rows are picked just before its run is submitted: with workers, earlier runs train meanwhile
+        for seed in seeds:
+            for arm in arms:
+                runs.append((arm, seed, arm.pick(pool, seed)))
+                yield dict(model=model, seed=seed, rows=pool.select(runs[-1][2]), eval=eval, frame=frame, temperature=temperature,
+                           desc=f"{arm.label()} seed {seed}", train_kw=train_kw,
+                           checkpoint_dir=Path(checkpoint_root)/f"{arm.label()}-seed{seed}" if checkpoint_root else None)
+    recs, hist, notes = [None] * (len(seeds) * len(arms)), {}, []
+    for i, r in run_jobs("smallsel_nb.compare.train_arm", jobs(), workers):
         (arm, seed, idx), f = runs[i], r.final
-        sel_f, sel_s = (cost.flops, cost.seconds) if arm.charged else (0.0, 0.0)
+        c = cost() if callable(cost) else cost   # a callable: the selection's cost, known once its arm has picked
+        sel_f, sel_s = (c.flops, c.seconds) if arm.charged else (0.0, 0.0)
         recs[i] = dict(label=arm.label(), arm=arm.name, budget=arm.budget if arm.budget is not None else len(idx) / len(pool),
                        seed=seed, charged=arm.charged, rows=len(idx), tokens=r.tokens, train_flops=r.flops,
                        selection_flops=sel_f, total_flops=r.flops + sel_f, seconds=r.seconds - r.eval_seconds,
@@ -375,7 +380,7 @@ def compare(pool:Dataset, # the training pool (with score columns when selection
             print(f"{arm.label():>20} seed {seed}: {len(idx):,} rows, {r.flops:.3g} FLOPs, {recs[i]['seconds']:.0f} s, "
                   f"eval loss {f.get('eval_loss', float('nan')):.4f}{em}", flush=True)
     hist = {k: hist[k] for k in [(a.label(), sd) for a, sd, _ in runs]}  # table order, whatever finished first
-    return CompareResult(pd.DataFrame(recs), hist, cost, notes)
+    return CompareResult(pd.DataFrame(recs), hist, cost() if callable(cost) else cost, notes)
 
 # %% ../nbs/07_compare.ipynb #98975823
 def train_reference(pool:Dataset, # the noisy pool
@@ -495,6 +500,30 @@ def demo_settings(full:bool=False, # `DEMO_FULL` on top: three seeds, budgets of
         raise SmallselError(f"--workers must be an integer >= 1, got {cfg['workers']!r}")
     return cfg
 
+def demo_reference(pool:Dataset, # the noisy pool
+                   cfg:dict, # `demo_settings`
+                   benchmark:str, # "v2" or "v1"
+                   seed:int, # seed of the reference model
+                   say:Callable=print, # where progress lines go
+                  )->tuple: # (pool with score columns, `Cost` of reference training + scoring)
+    "Train the demo's reference model, score the pool with it, and say what each budget's selection keeps."
+    tk = dict(template=cfg["template"], max_length=cfg["max_length"])
+    filters = demo_filters(benchmark) if cfg["ref_on"] == "filtered" else None
+    m, tok, r, idx = train_reference(pool, cfg["reference"], cfg["ref_fraction"], seed=seed, filters=filters,
+                                     eval_start=False, eval_every=0, **tk, **cfg["ref_train"])
+    say(f"3/5 reference model `{cfg['reference']}` ({r.n_params/1e6:.2f}M matmul params) trained on {len(idx):,} rows "
+        f"({'a random ' + format(cfg['ref_fraction'], '.0%') + ' of ' if cfg['ref_fraction'] < 1 else ''}"
+        f"{'the rows that pass the filters' if filters else 'the pool'}), {_noise_share(pool, idx):.0%} of them corrupted: "
+        f"{r.steps} steps, {r.flops:.3g} FLOPs, {r.seconds:.0f} s")
+    scored, scost = score_with_reference(pool, m, tok, **tk)
+    say(f"4/5 scored {len(pool):,} rows: {scost.flops:.3g} FLOPs, {scost.seconds:.0f} s")
+    for b in cfg["budgets"]:
+        sel = demo_selection(b, benchmark, cfg["select_by"])(scored, seed=seed)
+        say(f"5/5 selection at {b:.0%}: {len(sel):,} rows, {_noise_share(pool, sel.kept):.0%} corrupted "
+            f"(a random {b:.0%} has ~{_noise_share(pool, np.arange(len(pool))):.0%}); kept per kind: "
+            + ", ".join(f"{k} {v}" for k, v in sel.mix['noise_kind']['after'].items()))
+    return scored, Cost(r.flops, r.seconds, {"reference training": r.flops}) + scost
+
 def run_demo(full:bool=False, # three seeds, budgets of 10% and 30% and the oracle arm (`DEMO_FULL`) instead of one seed at 30%
              out:str|Path|None="smallsel-demo", # folder for results.json, table.md, curves.png (None: write nothing)
              seed:int=0, # seed of the pool, the reference model and the first large-model run
@@ -502,7 +531,7 @@ def run_demo(full:bool=False, # three seeds, budgets of 10% and 30% and the orac
              benchmark:str="v2", # "v2" or "v1"
              **overrides, # any key of `DEMO` (n, n_eval, noise, seeds, large, train, ...)
             )->CompareResult:
-    "Noisy pool → reference model → scores → selection → large model on full / random / selected; table, verdict, plot."
+    "Noisy pool → large model on full / random, and meanwhile reference model → scores → selection → large model on the selection; table, verdict, plot."
     from smallsel_nb.synth import noisy_benchmark
     cfg = demo_settings(full, benchmark, **overrides)
     say = print if log else (lambda *a, **k: None)
@@ -512,28 +541,20 @@ def run_demo(full:bool=False, # three seeds, budgets of 10% and 30% and the orac
     pool, ev = noisy_benchmark(cfg["n"], cfg["n_eval"], noise=cfg["noise"], seed=seed, families=cfg["families"], benchmark=benchmark, **v2)
     say(f"1/5 noisy pool (benchmark {benchmark}): {len(pool):,} rows, {_noise_share(pool, np.arange(len(pool))):.0%} corrupted "
         f"(+ {np.isin(pool['noise_kind'], ['duplicate', 'near_duplicate']).mean():.0%} duplicates); clean eval split: {len(ev):,} rows")
-    filters = demo_filters(benchmark) if cfg["ref_on"] == "filtered" else None
-    ref, rtok, rres, ridx = train_reference(pool, cfg["reference"], cfg["ref_fraction"], seed=seed, filters=filters,
-                                            eval_start=False, eval_every=0, **tk, **cfg["ref_train"])
-    say(f"2/5 reference model `{cfg['reference']}` ({rres.n_params/1e6:.2f}M matmul params) trained on {len(ridx):,} rows "
-        f"({'a random ' + format(cfg['ref_fraction'], '.0%') + ' of ' if cfg['ref_fraction'] < 1 else ''}"
-        f"{'the rows that pass the filters' if filters else 'the pool'}), {_noise_share(pool, ridx):.0%} of them corrupted: "
-        f"{rres.steps} steps, {rres.flops:.3g} FLOPs, {rres.seconds:.0f} s")
-    scored, scost = score_with_reference(pool, ref, rtok, **tk)
-    cost = Cost(rres.flops, rres.seconds, {"reference training": rres.flops}) + scost
-    say(f"3/5 scored {len(pool):,} rows: {scost.flops:.3g} FLOPs, {scost.seconds:.0f} s")
-    select = lambda b: demo_selection(b, benchmark, cfg["select_by"])
-    for b in cfg["budgets"]:
-        sel = select(b)(scored, seed=seed)
-        say(f"4/5 selection at {b:.0%}: {len(sel):,} rows, {_noise_share(pool, sel.kept):.0%} corrupted "
-            f"(a random {b:.0%} has ~{_noise_share(pool, np.arange(len(pool))):.0%}); kept per kind: "
-            + ", ".join(f"{k} {v}" for k, v in sel.mix['noise_kind']['after'].items()))
     large = make_lm(cfg["large"])[0]
-    say(f"5/5 training `{cfg['large']}` ({matmul_params(large)/1e6:.2f}M matmul params) on full / random / selected"
-        f"{' / oracle' if cfg['oracle'] else ''}, {cfg['seeds']} seed(s):")
-    sels = {"selected": select, **({f"oracle@{b:g}": oracle_arm(b) for b in cfg["budgets"]} if cfg["oracle"] else {})}
-    res = compare(scored, ev, sels, budgets=cfg["budgets"], seeds=[seed + s for s in range(cfg["seeds"])], model=cfg["large"],
-                  cost=cost, log=log, frame=cfg["frame"], temperature=cfg["temperature"], workers=cfg["workers"], **tk, **cfg["train"])
+    say(f"2/5 training `{cfg['large']}` ({matmul_params(large)/1e6:.2f}M matmul params) on full / random / selected"
+        f"{' / oracle' if cfg['oracle'] else ''}, {cfg['seeds']} seed(s), {cfg['workers']} at a time; "
+        f"the full and random runs do not wait for the reference model:")
+    ref = {}  # the reference model's scores and cost, made once, when the first selection asks for them
+    def scored():
+        if not ref: ref["pool"], ref["cost"] = demo_reference(pool, cfg, benchmark, seed, say)
+        return ref["pool"]
+    select = lambda b: demo_selection(b, benchmark, cfg["select_by"])
+    sels = {f"selected@{b:g}": Arm("selected", b, (lambda b: lambda _, s: _indices(select(b)(scored(), seed=s), len(pool), "selected"))(b), charged=True) for b in cfg["budgets"]}
+    sels.update({f"oracle@{b:g}": oracle_arm(b) for b in cfg["budgets"]} if cfg["oracle"] else {})
+    res = compare(pool, ev, sels, budgets=cfg["budgets"], seeds=[seed + s for s in range(cfg["seeds"])], model=cfg["large"],
+                  cost=lambda: ref["cost"], log=log, frame=cfg["frame"], temperature=cfg["temperature"], workers=cfg["workers"],
+                  **tk, **cfg["train"])
     res.notes.append(f"demo wall time {time.time() - t0:.0f} s, CPU time {_cpu_seconds() - c0:.0f} s (this process and its workers), "
                      f"torch threads {torch.get_num_threads()} per process, {cfg['workers']} worker process(es)")
     if out is not None:
