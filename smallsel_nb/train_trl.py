@@ -103,9 +103,10 @@ def lora_config(model, # the model the adapters go into
 # %% ../nbs/06a_trl.ipynb #0db6f064
 def sharded_params(args, # the run's `TrainingArguments`
                   )->bool:
-    "Whether the model's parameters are sharded across processes (FSDP or DeepSpeed, from the arguments or `accelerate launch`)."
-    on = lambda k: os.environ.get(k, "").lower() in ("1", "true", "yes")
-    return bool(getattr(args, "fsdp", None)) or bool(getattr(args, "deepspeed", None)) or on("ACCELERATE_USE_FSDP") or on("ACCELERATE_USE_DEEPSPEED")
+    "Whether the model's parameters are sharded across processes: FSDP or DeepSpeed, from the arguments or the running `Accelerator`."
+    if getattr(args, "fsdp", None) or getattr(args, "deepspeed", None): return True
+    from accelerate.state import AcceleratorState, DistributedType, is_initialized
+    return is_initialized() and AcceleratorState().distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 # %% ../nbs/06a_trl.ipynb #10f0751a
 class EvalCallback(TrainerCallback):
