@@ -18,11 +18,13 @@ from .select import (NAN_POLICIES, Step, Budget, Selection, Pipeline, Top, Botto
 from .dedup import ExactDedup, NearDedup, dedup_steps
 from .heuristics import Empty, Length, Refusal, Ending, Repetition, NonAlpha, Echo, heuristic_steps
 from .diversity import Stratified, ClusterBalanced, KCenter
+from .data import canonical_table
+from .targeted import DSIR, RDSPlus, LESSLite
 
 # %% auto #0
-__all__ = ['SELECTORS', 'RECIPES', 'EXPORT_FORMATS', 'STRATEGIES', 'default_recipe', 'heuristics_recipe', 'cherry_recipe',
-           'random_recipe', 'export_table', 'strategy_pipeline', 'stratify_budget', 'ShortSelection', 'shortfall',
-           'cli_select']
+__all__ = ['SELECTORS', 'RECIPES', 'EXPORT_FORMATS', 'TARGETED', 'MODEL_STRATEGIES', 'STRATEGIES', 'default_recipe',
+           'heuristics_recipe', 'cherry_recipe', 'random_recipe', 'export_table', 'target_options', 'read_target',
+           'strategy_pipeline', 'stratify_budget', 'ShortSelection', 'shortfall', 'cli_select']
 
 # %% ../nbs/04d_recipes.ipynb #e5b4a19a
 SELECTORS: dict[str, Callable[..., Step]] = {
@@ -30,6 +32,7 @@ SELECTORS: dict[str, Callable[..., Step]] = {
     "stratified": Stratified, "cluster": ClusterBalanced, "kcenter": KCenter,
     "exact-dedup": ExactDedup, "near-dedup": NearDedup,
     "empty": Empty, "length": Length, "refusal": Refusal, "repetition": Repetition, "nonalpha": NonAlpha, "echo": Echo, "ending": Ending,
+    "dsir": DSIR, "rds+": RDSPlus, "less-lite": LESSLite,
 }
 
 def _budget(rule:Callable[..., Budget], keep, keep_n):
@@ -90,8 +93,29 @@ def export_table(tbl:pa.Table, # canonical rows (instruction, input, output), an
     msgs = pa.StructArray.from_arrays([role, content], names=["role", "content"])
     return pa.table({"messages": pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2), pa.int32()), msgs)})
 
+# %% ../nbs/04d_recipes.ipynb #da83f6ca
+TARGETED: dict[str, Callable[..., Budget]] = {"dsir": DSIR, "rds+": RDSPlus, "less-lite": LESSLite} # strategies that read --target
+MODEL_STRATEGIES = tuple(k for k, c in TARGETED.items() if "model" in {f.name for f in dataclasses.fields(c)}) # those that take --model
+
+def target_options(strategy:str|None, # the strategy that runs (None: a recipe)
+                   target=None, # the --target given (a path or rows), or None
+                   model:str|None=None, # the --model given, or None
+                   what:str|None=None, # how the user named what runs, for messages (default: --strategy NAME)
+                  ):
+    "Check that `--target` and `--model` are given exactly where they are read; a one-line `SmallselError` names the option."
+    what = what or f"--strategy {strategy}"
+    if strategy in TARGETED and target is None: raise SmallselError(f"{what} needs --target: a file of rows of the target task")
+    if target is not None and strategy not in TARGETED: raise SmallselError(f"--target is read only by --strategy {', '.join(TARGETED)}; {what} does not use it")
+    if model is not None and strategy not in MODEL_STRATEGIES: raise SmallselError(f"--model is read only by --strategy {', '.join(MODEL_STRATEGIES)}; {what} takes no model")
+
+def read_target(path:str, # a file or folder of rows of the target task, in any format `load_rows` reads
+               )->pa.Table: # its canonical rows (instruction, input, output, ...)
+    "The `--target` rows; what is wrong with the file (missing, no rows, empty text) is a `SmallselError` naming the option."
+    try: return canonical_table(path, check_ids=False)  # the ids of target rows are never used
+    except SmallselError as e: raise SmallselError(f"--target: {e}") from None
+
 # %% ../nbs/04d_recipes.ipynb #b7b99287
-STRATEGIES = ("top", "bottom", "band", "threshold", "cluster", "kcenter", "random")
+STRATEGIES = ("top", "bottom", "band", "threshold", "cluster", "kcenter", "random") + tuple(TARGETED)
 
 def _load_npy(path:str, flag:str)->np.ndarray:
     "A numeric .npy array (never a pickle), or a `SmallselError` naming the option."
@@ -99,7 +123,7 @@ def _load_npy(path:str, flag:str)->np.ndarray:
     except FileNotFoundError: raise SmallselError(f"{flag} {path}: no such file") from None
     except (OSError, ValueError) as e: raise SmallselError(f"{flag} {path}: not a numeric .npy array ({e})") from None
 
-def strategy_pipeline(strategy:str, # top, bottom, band, threshold, cluster, kcenter or random
+def strategy_pipeline(strategy:str, # top, bottom, band, threshold, cluster, kcenter, random, dsir, rds+ or less-lite
                       by:str|None=None, # the score column
                       keep:float|None=None, # fraction of the rows to keep
                       keep_n:int|None=None, # or: number of rows to keep
@@ -109,10 +133,13 @@ def strategy_pipeline(strategy:str, # top, bottom, band, threshold, cluster, kce
                       emb=None, # for cluster / kcenter: a column of vectors or an (N, d) array
                       clusters:int=32, # for cluster: k-means clusters
                       nan:str="drop", # NaN policy
+                      target=None, # for dsir / rds+ / less-lite: the target rows (as `targeted.Targeted` takes them)
+                      model=None, # for rds+ / less-lite: the small model (None: the selector's default)
                      )->Pipeline:
     "The one-rule pipeline for a command-line strategy."
     if strategy not in STRATEGIES: raise SmallselError(f"strategy={strategy!r}: choose one of {', '.join(STRATEGIES)}")
     if by is None and strategy in ("top", "bottom", "band", "threshold"): raise SmallselError(f"--strategy {strategy} needs --by (a score column)")
+    target_options(strategy, target, model)
     if strategy == "threshold":
         if min_score is not None and max_score is not None and min_score > max_score:
             raise SmallselError(f"--min-score {min_score} is above --max-score {max_score}: no row could be kept")
@@ -121,6 +148,10 @@ def strategy_pipeline(strategy:str, # top, bottom, band, threshold, cluster, kce
     if keep is None and keep_n is None: raise SmallselError(f"--strategy {strategy} needs --keep (a fraction) or --keep-n (a count)")
     if strategy in ("cluster", "kcenter") and emb is None: raise SmallselError(f"--strategy {strategy} needs --emb: a column holding vectors or a .npy file")
     kw = dict(keep=keep, keep_n=keep_n)
+    if strategy in TARGETED:
+        if by is not None: raise SmallselError(f"--strategy {strategy} keeps the rows most like --target, not by a score: drop --by {by}")
+        budget = TARGETED[strategy](target, **kw, **({} if model is None else {"model": model}))
+        return Pipeline([], budget=budget, nan=nan, name=budget.name)
     budget = {"top": lambda: Top(by, **kw), "bottom": lambda: Bottom(by, **kw), "band": lambda: Band(by, band, **kw),
               "cluster": lambda: ClusterBalanced(emb, clusters, by, **kw), "kcenter": lambda: KCenter(emb, **kw),
               "random": lambda: Random(**kw)}[strategy]()
@@ -151,17 +182,19 @@ def shortfall(sel:Selection, # a selection that may end with a budget
     return (f"budget short: kept {b['kept']:,} of {sel.n:,} rows ({b['kept'] / sel.n:.1%}) but {b['step']} was asked for "
             f"{b['target']:,} ({b['target'] / sel.n:.1%}): the steps before it dropped more than the budget allows")
 
-def cli_select(scores:str, # scored rows: a .parquet or .jsonl file as written by `smallsel score`
+def cli_select(scores:str, # scored rows: a .parquet or .jsonl file as written by `smallsel score` (no scores needed for dsir, rds+, less-lite)
                keep:float=None, # fraction of the rows to keep, in (0, 1]
                keep_n:int=None, # number of rows to keep (instead of --keep)
                by:str=None, # score column the strategy ranks by (ifd, cond_loss, ...)
-               strategy:str="top", # with --by: top, bottom, band, threshold, cluster (highest --by first in each cluster), kcenter or random
+               strategy:str="top", # with --by: top, bottom, band, threshold, cluster (highest --by first in each cluster), kcenter or random; with --target: dsir, rds+ or less-lite
                recipe:str=None, # a named recipe (default, heuristics, cherry, random); with only --keep / --keep-n: default
                band:str="middle", # for --strategy band: low, middle or high
                min_score:float=None, # for --strategy threshold: drop rows below this
                max_score:float=None, # for --strategy threshold: drop rows above this
                emb:str=None, # for cluster / kcenter: a column holding vectors, or a .npy file with one row per input row
                clusters:int=32, # for --strategy cluster: number of k-means clusters
+               target:str=None, # for dsir, rds+, less-lite: a file of rows of the target task (any format `smallsel convert` reads)
+               model:str=None, # for rds+, less-lite: the small model (alias, preset, folder or hub id; default smollm2-135m)
                stratify:str=None, # split the budget across the groups of this column (e.g. task)
                nan:str="drop", # rows with a NaN score: drop (reason `unscored`), keep, or raise
                report:str=None, # write the JSON report to this file
@@ -170,20 +203,25 @@ def cli_select(scores:str, # scored rows: a .parquet or .jsonl file as written b
                seed:int=0, # random seed: the same seed gives the same selection
                allow_short:bool=False, # accept fewer rows than --keep / --keep-n asked for when filters dropped more (else exit 3)
               )->Selection:
-    "Select rows from a scored file: a strategy on one score, or a recipe; write the kept rows and a report."
+    "Select rows from a scored file: a strategy on one score, a recipe, or the rows most like a target task's; write the kept rows and a report."
     if nan not in NAN_POLICIES: raise SmallselError(f"nan={nan!r}: choose one of {', '.join(NAN_POLICIES)}")
     if format not in EXPORT_FORMATS: raise SmallselError(f"format={format!r}: choose one of {', '.join(EXPORT_FORMATS)}")
     if out is not None: check_rows_out(out)  # before any work: a bad path fails at once
     if report is not None: check_output(report, (".json",), "--report")
-    tbl = read_scored(scores)
     if emb is not None and str(emb).endswith(".npy"): emb = _load_npy(emb, "--emb")
-    if recipe is None and by is None and strategy == "top": recipe = "default"
+    auto = recipe is None and by is None and strategy == "top"
+    if auto: recipe = "default"
     if recipe is not None:
+        target_options(None, target, model, "the default recipe (no --strategy, --by or --recipe given)" if auto else f"--recipe {recipe}")
         if recipe not in RECIPES: raise SmallselError(f"recipe {recipe!r} unknown; recipes: {', '.join(RECIPES)}")
         pipe = RECIPES[recipe](keep=keep, keep_n=keep_n, by=by)
         pipe.nan = nan
-    else: pipe = strategy_pipeline(strategy, by, keep, keep_n, band, min_score, max_score, emb, clusters, nan)
+    else:
+        target_options(strategy, target, model)  # before reading --target
+        target = None if target is None else read_target(target)
+        pipe = strategy_pipeline(strategy, by, keep, keep_n, band, min_score, max_score, emb, clusters, nan, target, model)
     if stratify: pipe = stratify_budget(pipe, stratify)
+    tbl = read_scored(scores)  # after every option is checked: a bad one fails before a big file is read
     sel = pipe(tbl, seed=seed, source=str(scores))
     if out is not None: write_rows(export_table(sel.subset(tbl), format), out)
     if report is not None: sel.to_json(report)

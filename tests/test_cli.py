@@ -51,3 +51,31 @@ def test_select_short_budget_exits_3_unless_allowed(tmp_path, capsys):
     assert out.strip().splitlines()[-1].endswith("accepted (--allow-short)") and err == ""
     assert main(argv[:5] + ["0.5"]) == 0  # a budget the filters leave room for: no shortfall
     assert "budget short" not in capsys.readouterr().out
+
+def test_select_targeted_strategies(tmp_path, capsys):
+    "--strategy dsir / rds+ / less-lite with --target on rows without scores: exit 0; each misuse: exit 2 and one line naming the option."
+    from smallsel_nb.cli import main
+    from smallsel_nb.synth import make_noisy_instructions
+    pool = make_noisy_instructions(40, seed=0).to_pandas()
+    pool.to_json(tmp_path/"pool.jsonl", orient="records", lines=True)
+    other = make_noisy_instructions(300, seed=1).to_pandas()
+    other.query("task == 'arithmetic' and noise_kind == 'clean'").head(12).to_json(tmp_path/"target.jsonl", orient="records", lines=True)
+    (tmp_path/"empty.jsonl").write_text("")
+    P, T = str(tmp_path/"pool.jsonl"), str(tmp_path/"target.jsonl")
+    assert main(["select", P, "--strategy", "dsir", "--target", T, "--keep", "0.25", "--out", str(tmp_path/"dsir.jsonl")]) == 0
+    kept = pd.read_json(tmp_path/"dsir.jsonl", lines=True)
+    assert len(kept) == 10 and set(kept["id"]) <= set(pool["id"]) and (kept.task == "arithmetic").mean() > (pool.task == "arithmetic").mean()
+    assert capsys.readouterr().out.splitlines()[0].startswith("Selection `dsir`: kept 10 of 40 rows")
+    for s in ("rds+", "less-lite"):
+        assert main(["select", P, "--strategy", s, "--target", T, "--model", "tiny", "--keep-n", "6", "--out", str(tmp_path/f"{s}.parquet")]) == 0
+        assert len(pd.read_parquet(tmp_path/f"{s}.parquet")) == 6
+    capsys.readouterr()
+    for args, msg in [(["--strategy", "rds+"], "--strategy rds+ needs --target"),
+                      (["--strategy", "random", "--target", T], "--target is read only by --strategy dsir, rds+, less-lite; --strategy random does not use it"),
+                      (["--strategy", "dsir", "--target", str(tmp_path/"nope.jsonl")], "--target: no such file or folder"),
+                      (["--strategy", "dsir", "--target", str(tmp_path/"empty.jsonl")], f"--target: {tmp_path/'empty.jsonl'}: no rows"),
+                      (["--strategy", "dsir", "--target", T, "--model", "tiny"], "--model is read only by --strategy rds+, less-lite; --strategy dsir takes no model"),
+                      (["--by", "ifd", "--model", "tiny"], "--model is read only by --strategy rds+, less-lite; --strategy top takes no model")]:
+        with pytest.raises(SystemExit) as e: main(["select", P, "--keep", "0.25", *args])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and err.startswith(f"smallsel select: error: {msg}"), (args, err)
