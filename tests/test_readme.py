@@ -8,7 +8,7 @@ import re, shlex
 from pathlib import Path
 import pytest
 from smallsel_nb.cli import main
-from smallsel_nb.data import save_rows
+from smallsel_nb.data import load_rows, save_rows
 from smallsel_nb.synth import make_noisy_instructions
 
 README = (Path(__file__).parents[1]/"README.md").read_text()
@@ -27,7 +27,8 @@ SKIP = {"pip install": "installs packages from PyPI (network); the test environm
         "--lora 16": "TRL + LoRA needs a pretrained model (SmolLM2-135M); tests/test_train_trl.py runs it on CPU"}
 # Every text substitution made before running (old -> new).
 SUBS_SHELL = [("--model smollm2-135m", "--model tiny"),        # the offline SmolLM2 alias -> the from-scratch preset
-              ("--model gpt2", "--model tiny --max-steps 2")]  # a hub model -> the preset, 2 optimizer steps
+              ("--model gpt2", "--model tiny --max-steps 2"),  # a hub model -> the preset, 2 optimizer steps
+              ("--strategy rds+", "--strategy rds+ --model tiny")]  # rds+'s default model (smollm2-135m) -> the preset
 SUBS_PYTHON = [("noisy_benchmark(2000, 300, noise=0.4)", "noisy_benchmark(60, 10, noise=0.4)"),
                ('score(pool, "smollm2-135m")', 'score(pool, "tiny")'),
                ('load_lm("HuggingFaceTB/SmolLM2-360M")', 'load_lm("tiny")'),
@@ -52,6 +53,7 @@ def shell_lines(text:str)->list[tuple[str, str|None]]:
 def test_readme_shell(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path); monkeypatch.setenv("SMALLSEL_CACHE", str(tmp_path/"cache"))
     save_rows(make_noisy_instructions(40, seed=0), "pairs.jsonl")  # the README's pairs.jsonl, tiny
+    save_rows(make_noisy_instructions(10, seed=1), "my_task.jsonl")  # and the rows of "your task"
     ran = []
     for cmd, why in shell_lines(substitute(SHELL, SUBS_SHELL)):
         if why: print(f"skipped: {cmd}\n  because {why}"); continue
@@ -59,8 +61,9 @@ def test_readme_shell(tmp_path, monkeypatch):
         assert args[0] == "smallsel", cmd
         assert main(args[1:]) == 0, cmd
         ran.append(args[1])
-    assert ran == ["score", "select", "finetune"]
+    assert ran == ["score", "select", "select", "finetune"]
     assert Path("scores.parquet").exists() and Path("kept.jsonl").exists() and Path("report.json").exists()
+    assert len(load_rows("task.jsonl")) == 4  # 10 % of the 40 pairs
     assert (Path("ft")/"config.json").exists()
 
 @pytest.mark.slow
