@@ -2,6 +2,8 @@
 
 CPU (default):  python bench/scoring.py --rows 300 --model smollm2-135m        (real model, real ShareGPT pairs)
                 python bench/scoring.py --rows 300 --model tiny --data synth   (tiny from-scratch model)
+End to end:     python bench/scoring.py --end-to-end --rows 300 (two processes timed from start to exit, model load included:
+                `smallsel score` against bench/per_row_script.py, a per-row script shaped like the public IFD scripts)
 GPU:            python bench/scoring.py --gpu                                  (GPT-2-124M and a ~1B Llama, random init, built on the GPU in bf16)
 
 Prints rows/s, tokens/s, the speed ratio, and the Spearman correlation of `ifd` between the two implementations;
@@ -9,7 +11,7 @@ on a GPU also the useful FLOP/s (body on the tokens it ran, head at scored token
 matmul peak and the data-sheet peak, and the peak memory.
 Timings on shared machines are noisy: only ratios measured in one run are meaningful.
 """
-import argparse, os, time
+import argparse, json, os, subprocess, sys, tempfile, time
 import numpy as np, torch
 from scipy.stats import spearmanr
 from datasets import Dataset
@@ -52,6 +54,33 @@ def cpu_bench(a):
             rho = spearmanr(ifd(res), ifd(ref), nan_policy="omit")[0]
             print(f"  engine {dt:9s} prefix={'on ' if pc else 'off'} {len(t) / t_e:7.2f} rows/s {ntok / t_e:9.0f} tok/s  "
                   f"({t_ref / t_e:.2f}x)  Spearman(ifd) {rho:.4f}")
+
+def run_timed(cmd):
+    "Wall seconds of a command run to completion (its output shown only when it fails)."
+    t = time.perf_counter(); r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode: raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stdout}{r.stderr}")
+    return time.perf_counter() - t
+
+def end_to_end(a):
+    "`smallsel score` against the per-row script, each a fresh process on the same rows and weights, timed from start to exit."
+    import pandas as pd
+    from smallsel_nb.models import convert_gguf, resolve_model
+    folder = convert_gguf(a.model) if resolve_model(a.model)["kind"] == "alias" else a.model  # both load the same plain folder
+    rows = real_pairs(a.rows) if a.data == "sharegpt" else make_noisy_instructions(a.rows, seed=0)
+    with tempfile.TemporaryDirectory() as d:
+        src = f"{d}/rows.jsonl"; rows.select_columns(["instruction", "input", "output"]).to_json(src)
+        env_py = [sys.executable, os.path.join(os.path.dirname(__file__), "per_row_script.py"), src, str(folder), f"{d}/ref.jsonl", a.view]
+        t_ref = run_timed(env_py)
+        eng = [sys.executable, "-m", "smallsel_nb.cli", "score", src, "--model", a.model, "--out", f"{d}/eng.parquet",
+               "--dtype", a.engine_dtype, "--uncond-view", a.view, "--cache-dir", f"{d}/cache", "--max-length", str(a.max_length)]
+        t_eng = run_timed(eng)
+        ref, res = pd.read_json(f"{d}/ref.jsonl", lines=True), pd.read_parquet(f"{d}/eng.parquet")
+    rho = {c: spearmanr(ref[c], res[c], nan_policy="omit")[0] for c in ("cond_loss", "uncond_loss", "ifd")}
+    print(f"{a.model} on {len(rows)} {a.data} rows, {a.view} view, {torch.get_num_threads()} threads, engine dtype {a.engine_dtype} "
+          f"(CPU bf16 support: {cpu_has_bf16()}), per-row fp32; process start and model load included:")
+    print(f"  per-row script  {t_ref:7.1f} s  {len(rows) / t_ref:6.2f} rows/s  (1.00x)")
+    print(f"  smallsel score  {t_eng:7.1f} s  {len(rows) / t_eng:6.2f} rows/s  ({t_ref / t_eng:.2f}x)  "
+          + "  ".join(f"Spearman({c}) {v:.4f}" for c, v in rho.items()))
 
 def gpu_rows(n, vocab, seed=0):
     "Random token rows with log-normal lengths (mean ~240, max 1024); a shared 32-token template header."
@@ -129,10 +158,14 @@ if __name__ == "__main__":
     p.add_argument("--data", default="sharegpt", choices=["sharegpt", "synth"])
     p.add_argument("--threads", type=int, default=os.cpu_count()); p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--batch-tokens", type=int, default=4096); p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--end-to-end", action="store_true", help="time `smallsel score` and the per-row script as processes")
+    p.add_argument("--engine-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="`smallsel score --dtype` (--end-to-end; auto: what a user gets, bf16 on bf16-capable CPUs; the per-row script is fp32)")
+    p.add_argument("--view", default="bos", choices=["bos", "no-bos"], help="the unconditional view (--end-to-end)")
     p.add_argument("--gpu", action="store_true"); p.add_argument("--gpu-rows", type=int, default=4096)
     p.add_argument("--batch-tokens-gpu", type=int, default=65536, help="0: the engine's default (from free memory)")
     p.add_argument("--spec-tflops", type=float, default=None, help="data-sheet bf16 peak, when the GPU is not in SPEC_TFLOPS")
     p.add_argument("--compile", action="store_true", help="torch.compile the body (GPU part)")
     a = p.parse_args()
     os.environ.setdefault("SMALLSEL_PROGRESS", "0")
-    gpu_bench(a) if a.gpu else cpu_bench(a)
+    gpu_bench(a) if a.gpu else end_to_end(a) if a.end_to_end else cpu_bench(a)
