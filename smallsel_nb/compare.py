@@ -657,9 +657,12 @@ def _selection_spec(name:str, spec, cfg_path:Path):
         return lambda b, spec=spec: demo_selection(b, spec["demo"], spec.get("by", "cond_loss"))
     if isinstance(spec, dict) and "strategy" in spec:
         kw = {k: v for k, v in spec.items() if k != "strategy"}
+        if isinstance(kw.get("target"), str):  # {strategy: dsir, target: task.jsonl}: a file, relative to the config
+            from smallsel_nb.recipes import read_target
+            kw["target"] = read_target(str(Path(kw["target"]) if Path(kw["target"]).is_absolute() else cfg_path.parent/kw["target"]))
         strategy_pipeline(spec["strategy"], keep=0.5, **kw)  # check the settings now, not after hours of training
         return lambda b, spec=spec, kw=kw: strategy_pipeline(spec["strategy"], keep=b, **kw)
-    raise SmallselError(f"{cfg_path}: selection {name!r} must be a recipe name, {{recipe: ...}}, {{demo: v2}} or {{strategy: ..., by: ...}}")
+    raise SmallselError(f"{cfg_path}: selection {name!r} must be a recipe name, {{recipe: ...}}, {{demo: v2}}, {{strategy: ..., by: ...}} or {{strategy: dsir, target: FILE}}")
 
 def cli_compare(config:str, # YAML file describing the grid (see the notebook for every key)
                )->CompareResult:
