@@ -365,8 +365,8 @@ def compare(pool:Dataset, # the training pool (with score columns when selection
     recs, hist, notes = [None] * (len(seeds) * len(arms)), {}, []
     for i, r in run_jobs("smallsel_nb.compare.train_arm", jobs(), workers):
         (arm, seed, idx), f = runs[i], r.final
-        c = cost() if callable(cost) else cost   # a callable: the selection's cost, known once its arm has picked
-        sel_f, sel_s = (c.flops, c.seconds) if arm.charged else (0.0, 0.0)
+        c = (cost() if callable(cost) else cost) if arm.charged else None   # a callable: known once a charged arm has picked
+        sel_f, sel_s = (c.flops, c.seconds) if c is not None else (0.0, 0.0)
         recs[i] = dict(label=arm.label(), arm=arm.name, budget=arm.budget if arm.budget is not None else len(idx) / len(pool),
                        seed=seed, charged=arm.charged, rows=len(idx), tokens=r.tokens, train_flops=r.flops,
                        selection_flops=sel_f, total_flops=r.flops + sel_f, seconds=r.seconds - r.eval_seconds,
