@@ -1,6 +1,6 @@
 """A per-row IFD script shaped like the public Superfiltering / Cherry LLM scripts: the baseline `bench/scoring.py --end-to-end` times.
 
-    python bench/per_row_script.py rows.jsonl MODEL_FOLDER out.jsonl [bos|no-bos]
+    python bench/per_row_script.py rows.jsonl MODEL_FOLDER out.jsonl [bos|no-bos] [MAX_LENGTH]
 
 Only torch and transformers: load the model, then for every row two forwards at batch size 1 with `labels=` masking
 (the alpaca prompt + response tokenized at once, the prompt's tokens masked; the response alone, with the tokenizer's BOS in front (`bos`) or
@@ -23,7 +23,6 @@ def loss(model, ids, start):
     with torch.no_grad(): return model(input_ids=x, labels=labels).loss.item()
 
 def main(rows_path, model_dir, out_path, view="bos", max_length=1024):
-    torch.set_num_threads(torch.get_num_threads())
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     bos = [tok.bos_token_id] if view == "bos" and tok.bos_token_id is not None else []
@@ -38,4 +37,4 @@ def main(rows_path, model_dir, out_path, view="bos", max_length=1024):
             out.write(json.dumps(dict(cond_loss=c, uncond_loss=u, ifd=math.exp(c - u) if c == c and u == u else float("nan"))) + "\n")
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4], *(sys.argv[4:5] or ["bos"]))
+    main(*sys.argv[1:4], *(sys.argv[4:5] or ["bos"]), *map(int, sys.argv[5:6]))

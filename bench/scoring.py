@@ -11,7 +11,7 @@ on a GPU also the useful FLOP/s (body on the tokens it ran, head at scored token
 matmul peak and the data-sheet peak, and the peak memory.
 Timings on shared machines are noisy: only ratios measured in one run are meaningful.
 """
-import argparse, json, os, subprocess, sys, tempfile, time
+import argparse, os, subprocess, sys, tempfile, time
 import numpy as np, torch
 from scipy.stats import spearmanr
 from datasets import Dataset
@@ -69,8 +69,9 @@ def end_to_end(a):
     rows = real_pairs(a.rows) if a.data == "sharegpt" else make_noisy_instructions(a.rows, seed=0)
     with tempfile.TemporaryDirectory() as d:
         src = f"{d}/rows.jsonl"; rows.select_columns(["instruction", "input", "output"]).to_json(src)
-        env_py = [sys.executable, os.path.join(os.path.dirname(__file__), "per_row_script.py"), src, str(folder), f"{d}/ref.jsonl", a.view]
-        t_ref = run_timed(env_py)
+        per_row = [sys.executable, os.path.join(os.path.dirname(__file__), "per_row_script.py"), src, str(folder), f"{d}/ref.jsonl",
+                   a.view, str(a.max_length)]
+        t_ref = run_timed(per_row)
         eng = [sys.executable, "-m", "smallsel_nb.cli", "score", src, "--model", a.model, "--out", f"{d}/eng.parquet",
                "--dtype", a.engine_dtype, "--uncond-view", a.view, "--cache-dir", f"{d}/cache", "--max-length", str(a.max_length)]
         t_eng = run_timed(eng)
