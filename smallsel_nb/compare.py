@@ -22,7 +22,7 @@ from .scoring import score, arrow_table
 from .lm import Ragged
 from .select import Pipeline, Step, Selection, Random
 from .recipes import RECIPES
-from .train import train_lm, TrainResult, process_device
+from .train import train_lm, TrainResult, TrainSettings, process_device
 from .evaluate import Evaluator
 from .train_trl import fit
 
@@ -177,11 +177,28 @@ class CompareResult:
                 ok, text = _beats(r, s.loc[base])
                 wins &= ok
                 parts.append(f"vs {base}: {text}")
+            metric = "exact_match" if pd.notna(r.get("exact_match")) else "eval_loss"
+            if "full" in bases and self.runs.seed.nunique() > 1:  # each seed's difference: the spread between seeds cancels
+                m, h, k = self.paired(label, "full", metric)
+                diff = f"{100 * m:+.1f} ± {100 * h:.1f} points" if metric == "exact_match" else f"{m:+.3f} ± {h:.3f}"
+                if k > 1: parts.append(f"paired with full over {k} seeds: {metric.replace('_', ' ')} {diff}")
             share = r.compute_vs_full
             if share == share: parts.append(f"compute {share:.0%} of the full run (limit {max_compute:.0%})")
             ok = wins and share <= max_compute
             out.append(f"{label}: {'TARGET MET' if ok else 'target not met'}; " + "; ".join(parts))
         return out
+
+    def paired(self, a:str, # an arm label (e.g. "selected@0.3")
+               b:str="full", # the arm it is compared with
+               metric:str="exact_match", # a column of `runs`
+               level:float=0.95, # confidence level
+              )->tuple[float, float, int]: # (mean of a − b, t-interval half-width, number of seeds)
+        "Mean difference `a` − `b` over the seeds both ran, with its interval: each seed's two runs share the pool, the starting weights and the row-order seed."
+        t = self.runs.pivot_table(index="seed", columns="label", values=metric)
+        for x in (a, b):
+            if x not in t.columns: raise SmallselError(f"no arm {x!r} with {metric}; arms: {', '.join(self.runs.label.unique())}")
+        d = (t[a] - t[b]).dropna()
+        return (*mean_ci(d, level), len(d))
 
     def curves(self)->pd.DataFrame:
         "Learning curves, averaged over seeds: arm, step, total FLOPs (selection cost included), eval loss."
@@ -388,13 +405,19 @@ def train_reference(pool:Dataset, # the noisy pool
                     fraction:float=0.5, # share of the pool it is trained on (a random split)
                     seed:int=0, # seed of the split, the initialisation and the row order
                     filters:list|None=None, # selection steps its training rows must pass first (e.g. `demo_filters()`); None: any row
+                    max_reads:int|None=None, # at most this many rows read in training (`epochs` cut short to a `max_steps`); None: no cap
                     **train_kw, # `train_lm` settings (epochs, lr, batch_size, template, ...)
                    )->tuple: # (model, tokenizer, TrainResult, indices of its training rows)
     "Train a small from-scratch reference model on a random split of the pool (of the rows that pass `filters`)."
     if not 0 < fraction <= 1: raise SmallselError(f"fraction={fraction} must be in (0, 1]")
+    if max_reads is not None and (isinstance(max_reads, bool) or not isinstance(max_reads, int) or max_reads < 1):
+        raise SmallselError(f"max_reads must be an integer >= 1 or None, got {max_reads!r}")
     ok = Pipeline(list(filters))(pool, seed=seed).kept if filters else np.arange(len(pool))
     if len(ok) == 0: raise SmallselError("no row of the pool passes the reference model's filters")
     idx = np.sort(np.random.default_rng([seed, 7]).choice(ok, max(1, round(fraction * len(ok))), replace=False))
+    per_step = train_kw.get("batch_size", TrainSettings.batch_size) * train_kw.get("grad_accum", 1)
+    if max_reads is not None and train_kw.get("max_steps") is None and train_kw.get("epochs", TrainSettings.epochs) * len(idx) > max_reads:
+        train_kw = {**train_kw, "max_steps": max(1, max_reads // per_step)}  # the cap binds: fewer steps than the epochs ask for
     m, tok = make_lm(preset, seed=seed + 1000)
     r = train_lm(m, tok, pool.select(idx), seed=seed, desc="reference", **train_kw)
     return m, tok, r, idx
@@ -424,6 +447,7 @@ DEMO = dict(benchmark="v2", # the embedded benchmark: v2 (learnable rules, a wea
             ref_fraction=1.0, # share of its rows the reference model is trained on (all: it learns the majority mapping)
             ref_on="filtered", # its rows: "filtered" (those that pass the selection's filters, `demo_filters`) or "pool" (every row)
             ref_train=dict(epochs=8, lr=3e-3, batch_size=32, micro_tokens=512), # its training settings
+            ref_reads=3.6, # at most this many rows read by the reference's training per pool row (8 epochs of 45 % of the pool); None: no cap
             large="small", # the model the comparison trains (from scratch)
             train=dict(epochs=3, lr=3e-3, batch_size=16, eval_every=None, micro_tokens=512), # its training settings, the same for every arm
             budgets=[0.3], # selection budgets (fractions of the pool)
@@ -435,7 +459,7 @@ DEMO = dict(benchmark="v2", # the embedded benchmark: v2 (learnable rules, a wea
             template="none", # prompt template (short prompts: the byte tokenizer reads every character)
             max_length=128, # longest prompt + response in tokens
             workers=2) # processes training the large-model runs side by side (one core each)
-DEMO_V1 = {**DEMO, "benchmark": "v1", "n": 2000, "noise": 0.4, "ref_fraction": 0.5, "ref_on": "pool", "ref_train": dict(epochs=3, lr=3e-3, batch_size=32, group_by_length=16),
+DEMO_V1 = {**DEMO, "benchmark": "v1", "n": 2000, "noise": 0.4, "ref_fraction": 0.5, "ref_on": "pool", "ref_reads": None, "ref_train": dict(epochs=3, lr=3e-3, batch_size=32, group_by_length=16),
            "train": dict(epochs=3, lr=1e-3, batch_size=8, group_by_length=16, eval_every=None), "select_by": "cond_loss",
            "frame": None, "temperature": None, "concentration": None}
 DEMOS = {"v1": DEMO_V1, "v2": DEMO}
@@ -495,6 +519,8 @@ def demo_settings(full:bool=False, # `DEMO_FULL` on top: three seeds, budgets of
     if not isinstance(cfg["n"], int) or cfg["n"] < need:
         raise SmallselError(f"--n {cfg['n']} is too small for a {min(cfg['budgets']):.0%} budget: use at least {need} rows")
     if not isinstance(cfg["seeds"], int) or cfg["seeds"] < 1: raise SmallselError(f"--seeds must be an integer >= 1, got {cfg['seeds']!r}")
+    r = cfg["ref_reads"]
+    if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0): raise SmallselError(f"ref_reads must be > 0 or None, got {r!r}")
     if cfg["ref_on"] not in ("filtered", "pool"): raise SmallselError(f"ref_on must be 'filtered' or 'pool', got {cfg['ref_on']!r}")
     if isinstance(cfg["workers"], bool) or not isinstance(cfg["workers"], int) or cfg["workers"] < 1:
         raise SmallselError(f"--workers must be an integer >= 1, got {cfg['workers']!r}")
@@ -509,12 +535,14 @@ def demo_reference(pool:Dataset, # the noisy pool
     "Train the demo's reference model, score the pool with it, and say what each budget's selection keeps."
     tk = dict(template=cfg["template"], max_length=cfg["max_length"])
     filters = demo_filters(benchmark) if cfg["ref_on"] == "filtered" else None
-    m, tok, r, idx = train_reference(pool, cfg["reference"], cfg["ref_fraction"], seed=seed, filters=filters,
+    cap = None if cfg["ref_reads"] is None else max(1, round(cfg["ref_reads"] * len(pool)))
+    m, tok, r, idx = train_reference(pool, cfg["reference"], cfg["ref_fraction"], seed=seed, filters=filters, max_reads=cap,
                                      eval_start=False, eval_every=0, **tk, **cfg["ref_train"])
+    capped = f" (capped at {cfg['ref_reads']:g} rows read per pool row)" if cap and cfg["ref_train"].get("epochs", 1) * len(idx) > cap else ""
     say(f"3/5 reference model `{cfg['reference']}` ({r.n_params/1e6:.2f}M matmul params) trained on {len(idx):,} rows "
         f"({'a random ' + format(cfg['ref_fraction'], '.0%') + ' of ' if cfg['ref_fraction'] < 1 else ''}"
         f"{'the rows that pass the filters' if filters else 'the pool'}), {_noise_share(pool, idx):.0%} of them corrupted: "
-        f"{r.steps} steps, {r.flops:.3g} FLOPs, {r.seconds:.0f} s")
+        f"{r.steps} steps{capped}, {r.flops:.3g} FLOPs, {r.seconds:.0f} s")
     scored, scost = score_with_reference(pool, m, tok, **tk)
     say(f"4/5 scored {len(pool):,} rows: {scost.flops:.3g} FLOPs, {scost.seconds:.0f} s")
     for b in cfg["budgets"]:
