@@ -24,7 +24,7 @@ from .targeted import DSIR, RDSPlus, LESSLite
 # %% auto #0
 __all__ = ['SELECTORS', 'RECIPES', 'EXPORT_FORMATS', 'TARGETED', 'MODEL_STRATEGIES', 'STRATEGIES', 'default_recipe',
            'heuristics_recipe', 'cherry_recipe', 'random_recipe', 'export_table', 'target_options', 'read_target',
-           'strategy_pipeline', 'stratify_budget', 'ShortSelection', 'shortfall', 'cli_select']
+           'strategy_pipeline', 'stratify_budget', 'ShortSelection', 'shortfall', 'unread_options', 'cli_select']
 
 # %% ../nbs/04d_recipes.ipynb #e5b4a19a
 SELECTORS: dict[str, Callable[..., Step]] = {
@@ -182,17 +182,28 @@ def shortfall(sel:Selection, # a selection that may end with a budget
     return (f"budget short: kept {b['kept']:,} of {sel.n:,} rows ({b['kept'] / sel.n:.1%}) but {b['step']} was asked for "
             f"{b['target']:,} ({b['target'] / sel.n:.1%}): the steps before it dropped more than the budget allows")
 
+_READ_BY = {"band": ("band",), "min_score": ("threshold",), "max_score": ("threshold",), "emb": ("cluster", "kcenter"), "clusters": ("cluster",)}
+
+def unread_options(strategy:str|None, # the strategy that will run (None: a recipe)
+                   what:str, # how the error names the choice: "--strategy top", "--recipe cherry"
+                   **given, # option name: value (None: not given)
+                  ):
+    "Refuse an option the chosen strategy would ignore: one line naming the option and the strategies that read it."
+    for opt, users in _READ_BY.items():
+        if given.get(opt) is not None and strategy not in users:
+            raise SmallselError(f"--{opt.replace('_', '-')} is read only by --strategy {' / '.join(users)}, not by {what}: drop it")
+
 def cli_select(scores:str, # scored rows: a .parquet or .jsonl file as written by `smallsel score` (no scores needed for dsir, rds+, less-lite)
                keep:float=None, # fraction of the rows to keep, in (0, 1]
                keep_n:int=None, # number of rows to keep (instead of --keep)
                by:str=None, # score column the strategy ranks by (ifd, cond_loss, ...)
                strategy:str="top", # with --by: top, bottom, band, threshold, cluster (highest --by first in each cluster), kcenter or random; with --target: dsir, rds+ or less-lite
                recipe:str=None, # a named recipe (default, heuristics, cherry, random); with only --keep / --keep-n: default
-               band:str="middle", # for --strategy band: low, middle or high
+               band:str=None, # for --strategy band: low, middle (the default) or high
                min_score:float=None, # for --strategy threshold: drop rows below this
                max_score:float=None, # for --strategy threshold: drop rows above this
                emb:str=None, # for cluster / kcenter: a column holding vectors, or a .npy file with one row per input row
-               clusters:int=32, # for --strategy cluster: number of k-means clusters
+               clusters:int=None, # for --strategy cluster: number of k-means clusters (default 32)
                target:str=None, # for dsir, rds+, less-lite: a file of rows of the target task (any format `smallsel convert` reads)
                model:str=None, # for rds+, less-lite: the small model (alias, preset, folder or hub id; default smollm2-135m)
                stratify:str=None, # split the budget across the groups of this column (e.g. task)
@@ -208,9 +219,11 @@ def cli_select(scores:str, # scored rows: a .parquet or .jsonl file as written b
     if format not in EXPORT_FORMATS: raise SmallselError(f"format={format!r}: choose one of {', '.join(EXPORT_FORMATS)}")
     if out is not None: check_rows_out(out)  # before any work: a bad path fails at once
     if report is not None: check_output(report, (".json",), "--report")
-    if emb is not None and str(emb).endswith(".npy"): emb = _load_npy(emb, "--emb")
     auto = recipe is None and by is None and strategy == "top"
     if auto: recipe = "default"
+    unread_options(None if recipe is not None else strategy, "the default recipe" if auto else f"--recipe {recipe}" if recipe else f"--strategy {strategy}",
+                   band=band, min_score=min_score, max_score=max_score, emb=emb, clusters=clusters)
+    if emb is not None and str(emb).endswith(".npy"): emb = _load_npy(emb, "--emb")
     if recipe is not None:
         target_options(None, target, model, "the default recipe (no --strategy, --by or --recipe given)" if auto else f"--recipe {recipe}")
         if recipe not in RECIPES: raise SmallselError(f"recipe {recipe!r} unknown; recipes: {', '.join(RECIPES)}")
@@ -219,7 +232,7 @@ def cli_select(scores:str, # scored rows: a .parquet or .jsonl file as written b
     else:
         target_options(strategy, target, model)  # before reading --target
         target = None if target is None else read_target(target)
-        pipe = strategy_pipeline(strategy, by, keep, keep_n, band, min_score, max_score, emb, clusters, nan, target, model)
+        pipe = strategy_pipeline(strategy, by, keep, keep_n, band or "middle", min_score, max_score, emb, clusters or 32, nan, target, model)
     if stratify: pipe = stratify_budget(pipe, stratify)
     tbl = read_scored(scores)  # after every option is checked: a bad one fails before a big file is read
     sel = pipe(tbl, seed=seed, source=str(scores))
