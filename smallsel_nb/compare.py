@@ -177,11 +177,7 @@ class CompareResult:
                 ok, text = _beats(r, s.loc[base])
                 wins &= ok
                 parts.append(f"vs {base}: {text}")
-            metric = "exact_match" if pd.notna(r.get("exact_match")) else "eval_loss"
-            if "full" in bases and self.runs.seed.nunique() > 1:  # each seed's difference: the spread between seeds cancels
-                m, h, k = self.paired(label, "full", metric)
-                diff = f"{100 * m:+.1f} ± {100 * h:.1f} points" if metric == "exact_match" else f"{m:+.3f} ± {h:.3f}"
-                if k > 1: parts.append(f"paired with full over {k} seeds: {metric.replace('_', ' ')} {diff}")
+            if "full" in bases: parts += self._paired_part(label, "exact_match" if pd.notna(r.get("exact_match")) else "eval_loss")
             share = r.compute_vs_full
             if share == share: parts.append(f"compute {share:.0%} of the full run (limit {max_compute:.0%})")
             ok = wins and share <= max_compute
@@ -194,11 +190,19 @@ class CompareResult:
                level:float=0.95, # confidence level
               )->tuple[float, float, int]: # (mean of a − b, t-interval half-width, number of seeds)
         "Mean difference `a` − `b` over the seeds both ran, with its interval: each seed's two runs share the pool, the starting weights and the row-order seed."
+        if metric not in self.runs.columns: raise SmallselError(f"no metric {metric!r}; metrics: {', '.join(c for c in self.runs.columns if self.runs[c].dtype.kind == 'f')}")
         t = self.runs.pivot_table(index="seed", columns="label", values=metric)
         for x in (a, b):
             if x not in t.columns: raise SmallselError(f"no arm {x!r} with {metric}; arms: {', '.join(self.runs.label.unique())}")
         d = (t[a] - t[b]).dropna()
         return (*mean_ci(d, level), len(d))
+
+    def _paired_part(self, label:str, metric:str)->list[str]:
+        "The verdict's words for `label` − full paired over seeds (none with fewer than two paired seeds)."
+        m, h, k = self.paired(label, "full", metric)
+        if k < 2: return []
+        diff = f"{100 * m:+.1f} ± {100 * h:.1f} points" if metric == "exact_match" else f"{m:+.3f} ± {h:.3f}"
+        return [f"paired with full over {k} seeds: {metric.replace('_', ' ')} {diff}"]
 
     def curves(self)->pd.DataFrame:
         "Learning curves, averaged over seeds: arm, step, total FLOPs (selection cost included), eval loss."
@@ -288,18 +292,19 @@ _RUN_COLUMNS = {"label", "arm", "budget", "seed", "charged", "rows", "tokens", "
 _BETTER = [("eval_loss", "eval loss", -1, False), ("exact_match", "exact match", 1, True), ("defect_rate", "defect rate", -1, True)]
 
 def _beats(r:pd.Series, o:pd.Series)->tuple[bool, str]:
-    "Whether stats row `r` beats `o` on every judged metric (higher exact match, lower defects; eval loss only without a defect rate), and the words for it."
+    "Whether stats row `r` beats `o` on every judged metric (higher exact match, lower defects; eval loss only without a defect rate; with several seeds, by more than both 95% intervals), and the words for it."
     ok, words = True, []
     gens = "defect_rate" in r and not (np.isnan(r["defect_rate"]) and np.isnan(o["defect_rate"]))  # generations measured: judge what the model writes
     for m, name, sign, pct in _BETTER:
         if m not in r or (np.isnan(r[m]) and np.isnan(o[m])): continue   # not computed for either: not judged
         better = bool(sign * (r[m] - o[m]) > 0)                          # False when one is NaN
-        sep = abs(r[m] - o[m]) > (np.nan_to_num(r[m + "_ci"]) + np.nan_to_num(o[m + "_ci"])) and not np.isnan(r[m + "_ci"])
+        ci = not np.isnan(r[m + "_ci"])                                  # several seeds: the intervals must not overlap
+        sep = ci and abs(r[m] - o[m]) > r[m + "_ci"] + np.nan_to_num(o[m + "_ci"])
         f = (lambda v: f"{v:.1%}") if pct else (lambda v: f"{v:.3f}")
         words.append(f"{name} {f(r[m])} vs {f(o[m])} ({'lower' if sign < 0 and better else 'higher' if better else 'not ' + ('lower' if sign < 0 else 'higher')}"
-                     + (", 95% intervals apart" if better and sep else "") + ")")
+                     + ((", 95% intervals apart" if sep else ", 95% intervals overlap") if better and ci else "") + ")")
         if m == "eval_loss" and gens: words[-1] += " [reported, not judged: the generations are]"
-        else: ok &= better
+        else: ok &= better and (sep or not ci)
     return ok, ", ".join(words)
 
 def _interactive()->bool:
@@ -405,7 +410,7 @@ def train_reference(pool:Dataset, # the noisy pool
                     fraction:float=0.5, # share of the pool it is trained on (a random split)
                     seed:int=0, # seed of the split, the initialisation and the row order
                     filters:list|None=None, # selection steps its training rows must pass first (e.g. `demo_filters()`); None: any row
-                    max_reads:int|None=None, # at most this many rows read in training (`epochs` cut short to a `max_steps`); None: no cap
+                    max_reads:int|None=None, # at most this many rows read in training (`epochs` cut short, at least one step; a `max_steps` given wins); None: no cap
                     **train_kw, # `train_lm` settings (epochs, lr, batch_size, template, ...)
                    )->tuple: # (model, tokenizer, TrainResult, indices of its training rows)
     "Train a small from-scratch reference model on a random split of the pool (of the rows that pass `filters`)."
@@ -447,7 +452,7 @@ DEMO = dict(benchmark="v2", # the embedded benchmark: v2 (learnable rules, a wea
             ref_fraction=1.0, # share of its rows the reference model is trained on (all: it learns the majority mapping)
             ref_on="filtered", # its rows: "filtered" (those that pass the selection's filters, `demo_filters`) or "pool" (every row)
             ref_train=dict(epochs=8, lr=3e-3, batch_size=32, micro_tokens=512), # its training settings
-            ref_reads=3.6, # at most this many rows read by the reference's training per pool row (8 epochs of 45 % of the pool); None: no cap
+            ref_reads=3.6, # at most this many rows read by the reference's training per pool row (8 epochs of 45 % of the pool); `DEMO_V1` has none
             large="small", # the model the comparison trains (from scratch)
             train=dict(epochs=3, lr=3e-3, batch_size=16, eval_every=None, micro_tokens=512), # its training settings, the same for every arm
             budgets=[0.3], # selection budgets (fractions of the pool)
@@ -520,7 +525,8 @@ def demo_settings(full:bool=False, # `DEMO_FULL` on top: three seeds, budgets of
         raise SmallselError(f"--n {cfg['n']} is too small for a {min(cfg['budgets']):.0%} budget: use at least {need} rows")
     if not isinstance(cfg["seeds"], int) or cfg["seeds"] < 1: raise SmallselError(f"--seeds must be an integer >= 1, got {cfg['seeds']!r}")
     r = cfg["ref_reads"]
-    if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0): raise SmallselError(f"ref_reads must be > 0 or None, got {r!r}")
+    if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not (r > 0 and math.isfinite(r))):
+        raise SmallselError(f"ref_reads must be a finite number > 0, got {r!r}")
     if cfg["ref_on"] not in ("filtered", "pool"): raise SmallselError(f"ref_on must be 'filtered' or 'pool', got {cfg['ref_on']!r}")
     if isinstance(cfg["workers"], bool) or not isinstance(cfg["workers"], int) or cfg["workers"] < 1:
         raise SmallselError(f"--workers must be an integer >= 1, got {cfg['workers']!r}")
@@ -538,7 +544,8 @@ def demo_reference(pool:Dataset, # the noisy pool
     cap = None if cfg["ref_reads"] is None else max(1, round(cfg["ref_reads"] * len(pool)))
     m, tok, r, idx = train_reference(pool, cfg["reference"], cfg["ref_fraction"], seed=seed, filters=filters, max_reads=cap,
                                      eval_start=False, eval_every=0, **tk, **cfg["ref_train"])
-    capped = f" (capped at {cfg['ref_reads']:g} rows read per pool row)" if cap and cfg["ref_train"].get("epochs", 1) * len(idx) > cap else ""
+    capped = (f" (capped at {cfg['ref_reads']:g} rows read per pool row)" if cap and "max_steps" not in cfg["ref_train"]
+              and cfg["ref_train"].get("epochs", TrainSettings.epochs) * len(idx) > cap else "")
     say(f"3/5 reference model `{cfg['reference']}` ({r.n_params/1e6:.2f}M matmul params) trained on {len(idx):,} rows "
         f"({'a random ' + format(cfg['ref_fraction'], '.0%') + ' of ' if cfg['ref_fraction'] < 1 else ''}"
         f"{'the rows that pass the filters' if filters else 'the pool'}), {_noise_share(pool, idx):.0%} of them corrupted: "

@@ -24,7 +24,7 @@ from .targeted import DSIR, RDSPlus, LESSLite
 # %% auto #0
 __all__ = ['SELECTORS', 'RECIPES', 'EXPORT_FORMATS', 'TARGETED', 'MODEL_STRATEGIES', 'STRATEGIES', 'default_recipe',
            'heuristics_recipe', 'cherry_recipe', 'random_recipe', 'export_table', 'target_options', 'read_target',
-           'strategy_pipeline', 'stratify_budget', 'ShortSelection', 'shortfall', 'unread_options', 'cli_select']
+           'unread_options', 'strategy_pipeline', 'stratify_budget', 'ShortSelection', 'shortfall', 'cli_select']
 
 # %% ../nbs/04d_recipes.ipynb #e5b4a19a
 SELECTORS: dict[str, Callable[..., Step]] = {
@@ -114,6 +114,19 @@ def read_target(path:str, # a file or folder of rows of the target task, in any 
     try: return canonical_table(path, check_ids=False)  # the ids of target rows are never used
     except SmallselError as e: raise SmallselError(f"--target: {e}") from None
 
+# %% ../nbs/04d_recipes.ipynb #ffeb5a33
+_READ_BY = {"band": ("band",), "min_score": ("threshold",), "max_score": ("threshold",), "emb": ("cluster", "kcenter"), "clusters": ("cluster",)}
+
+def unread_options(strategy:str|None, # the strategy that will run (None: a recipe)
+                   what:str, # how the error names the choice: "--strategy top", "--recipe cherry"
+                   **given, # option name: value (None: not given)
+                  )->None:
+    "Refuse an option the chosen strategy would ignore: one line naming the option and the strategies that read it."
+    for opt, users in _READ_BY.items():
+        if given.get(opt) is not None and strategy not in users:
+            raise SmallselError(f"--{opt.replace('_', '-')} is read only by --strategy {' / '.join(users)}, not by {what}: drop it")
+
+
 # %% ../nbs/04d_recipes.ipynb #b7b99287
 STRATEGIES = ("top", "bottom", "band", "threshold", "cluster", "kcenter", "random") + tuple(TARGETED)
 
@@ -182,17 +195,6 @@ def shortfall(sel:Selection, # a selection that may end with a budget
     return (f"budget short: kept {b['kept']:,} of {sel.n:,} rows ({b['kept'] / sel.n:.1%}) but {b['step']} was asked for "
             f"{b['target']:,} ({b['target'] / sel.n:.1%}): the steps before it dropped more than the budget allows")
 
-_READ_BY = {"band": ("band",), "min_score": ("threshold",), "max_score": ("threshold",), "emb": ("cluster", "kcenter"), "clusters": ("cluster",)}
-
-def unread_options(strategy:str|None, # the strategy that will run (None: a recipe)
-                   what:str, # how the error names the choice: "--strategy top", "--recipe cherry"
-                   **given, # option name: value (None: not given)
-                  ):
-    "Refuse an option the chosen strategy would ignore: one line naming the option and the strategies that read it."
-    for opt, users in _READ_BY.items():
-        if given.get(opt) is not None and strategy not in users:
-            raise SmallselError(f"--{opt.replace('_', '-')} is read only by --strategy {' / '.join(users)}, not by {what}: drop it")
-
 def cli_select(scores:str, # scored rows: a .parquet or .jsonl file as written by `smallsel score` (no scores needed for dsir, rds+, less-lite)
                keep:float=None, # fraction of the rows to keep, in (0, 1]
                keep_n:int=None, # number of rows to keep (instead of --keep)
@@ -221,18 +223,19 @@ def cli_select(scores:str, # scored rows: a .parquet or .jsonl file as written b
     if report is not None: check_output(report, (".json",), "--report")
     auto = recipe is None and by is None and strategy == "top"
     if auto: recipe = "default"
-    unread_options(None if recipe is not None else strategy, "the default recipe" if auto else f"--recipe {recipe}" if recipe else f"--strategy {strategy}",
-                   band=band, min_score=min_score, max_score=max_score, emb=emb, clusters=clusters)
+    if recipe is not None and recipe not in RECIPES: raise SmallselError(f"recipe {recipe!r} unknown; recipes: {', '.join(RECIPES)}")
+    what = "the default recipe" if auto else f"--recipe {recipe}" if recipe else f"--strategy {strategy}"
+    unread_options(None if recipe else strategy, what, band=band, min_score=min_score, max_score=max_score, emb=emb, clusters=clusters)
     if emb is not None and str(emb).endswith(".npy"): emb = _load_npy(emb, "--emb")
     if recipe is not None:
         target_options(None, target, model, "the default recipe (no --strategy, --by or --recipe given)" if auto else f"--recipe {recipe}")
-        if recipe not in RECIPES: raise SmallselError(f"recipe {recipe!r} unknown; recipes: {', '.join(RECIPES)}")
         pipe = RECIPES[recipe](keep=keep, keep_n=keep_n, by=by)
         pipe.nan = nan
     else:
         target_options(strategy, target, model)  # before reading --target
         target = None if target is None else read_target(target)
-        pipe = strategy_pipeline(strategy, by, keep, keep_n, band or "middle", min_score, max_score, emb, clusters or 32, nan, target, model)
+        pipe = strategy_pipeline(strategy, by, keep, keep_n, "middle" if band is None else band, min_score, max_score, emb,
+                                 32 if clusters is None else clusters, nan, target, model)
     if stratify: pipe = stratify_budget(pipe, stratify)
     tbl = read_scored(scores)  # after every option is checked: a bad one fails before a big file is read
     sel = pipe(tbl, seed=seed, source=str(scores))
