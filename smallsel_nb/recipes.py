@@ -224,6 +224,7 @@ def cli_select(scores:str, # scored rows: a .parquet or .jsonl file as written b
     auto = recipe is None and by is None and strategy == "top"
     if auto: recipe = "default"
     if recipe is not None and recipe not in RECIPES: raise SmallselError(f"recipe {recipe!r} unknown; recipes: {', '.join(RECIPES)}")
+    if recipe is not None and not auto and strategy != "top": raise SmallselError(f"--recipe {recipe} and --strategy {strategy} both choose the rule: give one")
     what = "the default recipe" if auto else f"--recipe {recipe}" if recipe else f"--strategy {strategy}"
     unread_options(None if recipe else strategy, what, band=band, min_score=min_score, max_score=max_score, emb=emb, clusters=clusters)
     if emb is not None and str(emb).endswith(".npy"): emb = _load_npy(emb, "--emb")
