@@ -28,9 +28,9 @@ from .train_trl import fit
 
 # %% auto #0
 __all__ = ['DEMO', 'DEMO_V1', 'DEMOS', 'DEMO_FULL', 'scoring_tokens', 'Cost', 'scoring_cost', 'Arm', 'make_arms', 'mean_ci',
-           'fmt_ci', 'CompareResult', 'train_arm', 'run_jobs', 'compare', 'train_reference', 'score_with_reference',
-           'demo_filters', 'demo_selection', 'oracle_arm', 'demo_settings', 'demo_reference', 'run_demo', 'cli_demo',
-           'selection_map', 'plot_map', 'cli_compare']
+           'fmt_ci', 'CompareResult', 'train_arm', 'run_jobs', 'compare', 'capped_steps', 'train_reference',
+           'score_with_reference', 'demo_filters', 'demo_selection', 'oracle_arm', 'demo_settings', 'demo_reference',
+           'run_demo', 'cli_demo', 'selection_map', 'plot_map', 'cli_compare']
 
 # %% ../nbs/07_compare.ipynb #934664aa
 def scoring_tokens(ds:Dataset, # the rows scored
@@ -405,6 +405,14 @@ def compare(pool:Dataset, # the training pool (with score columns when selection
     return CompareResult(pd.DataFrame(recs), hist, cost() if callable(cost) else cost, notes)
 
 # %% ../nbs/07_compare.ipynb #98975823
+def capped_steps(rows:int, # training rows
+                 max_reads:int|None, # at most this many rows read (None: no cap)
+                 train_kw:dict, # `train_lm` settings (epochs, batch_size, grad_accum, max_steps)
+                )->int|None: # the `max_steps` the cap sets, or None when it does not bind (or `max_steps` is given)
+    "The number of optimizer steps a cap on rows read allows, when it is below what the epochs ask for (at least one step)."
+    if max_reads is None or train_kw.get("max_steps") is not None or train_kw.get("epochs", TrainSettings.epochs) * rows <= max_reads: return None
+    return max(1, max_reads // (train_kw.get("batch_size", TrainSettings.batch_size) * train_kw.get("grad_accum", 1)))
+
 def train_reference(pool:Dataset, # the noisy pool
                     preset:str="tiny", # from-scratch preset of the reference model
                     fraction:float=0.5, # share of the pool it is trained on (a random split)
@@ -420,9 +428,8 @@ def train_reference(pool:Dataset, # the noisy pool
     ok = Pipeline(list(filters))(pool, seed=seed).kept if filters else np.arange(len(pool))
     if len(ok) == 0: raise SmallselError("no row of the pool passes the reference model's filters")
     idx = np.sort(np.random.default_rng([seed, 7]).choice(ok, max(1, round(fraction * len(ok))), replace=False))
-    per_step = train_kw.get("batch_size", TrainSettings.batch_size) * train_kw.get("grad_accum", 1)
-    if max_reads is not None and train_kw.get("max_steps") is None and train_kw.get("epochs", TrainSettings.epochs) * len(idx) > max_reads:
-        train_kw = {**train_kw, "max_steps": max(1, max_reads // per_step)}  # the cap binds: fewer steps than the epochs ask for
+    steps = capped_steps(len(idx), max_reads, train_kw)
+    if steps is not None: train_kw = {**train_kw, "max_steps": steps}
     m, tok = make_lm(preset, seed=seed + 1000)
     r = train_lm(m, tok, pool.select(idx), seed=seed, desc="reference", **train_kw)
     return m, tok, r, idx
@@ -544,8 +551,7 @@ def demo_reference(pool:Dataset, # the noisy pool
     cap = None if cfg["ref_reads"] is None else max(1, round(cfg["ref_reads"] * len(pool)))
     m, tok, r, idx = train_reference(pool, cfg["reference"], cfg["ref_fraction"], seed=seed, filters=filters, max_reads=cap,
                                      eval_start=False, eval_every=0, **tk, **cfg["ref_train"])
-    capped = (f" (capped at {cfg['ref_reads']:g} rows read per pool row)" if cap and "max_steps" not in cfg["ref_train"]
-              and cfg["ref_train"].get("epochs", TrainSettings.epochs) * len(idx) > cap else "")
+    capped = f" (capped at {cfg['ref_reads']:g} rows read per pool row)" if capped_steps(len(idx), cap, cfg["ref_train"]) else ""
     say(f"3/5 reference model `{cfg['reference']}` ({r.n_params/1e6:.2f}M matmul params) trained on {len(idx):,} rows "
         f"({'a random ' + format(cfg['ref_fraction'], '.0%') + ' of ' if cfg['ref_fraction'] < 1 else ''}"
         f"{'the rows that pass the filters' if filters else 'the pool'}), {_noise_share(pool, idx):.0%} of them corrupted: "

@@ -235,8 +235,9 @@ def cli_select(scores:str, # scored rows: a .parquet or .jsonl file as written b
     else:
         target_options(strategy, target, model)  # before reading --target
         target = None if target is None else read_target(target)
-        pipe = strategy_pipeline(strategy, by, keep, keep_n, "middle" if band is None else band, min_score, max_score, emb,
-                                 32 if clusters is None else clusters, nan, target, model)
+        given = {k: v for k, v in dict(band=band, clusters=clusters).items() if v is not None}  # the others: strategy_pipeline's defaults
+        pipe = strategy_pipeline(strategy, by, keep, keep_n, min_score=min_score, max_score=max_score, emb=emb, nan=nan,
+                                 target=target, model=model, **given)
     if stratify: pipe = stratify_budget(pipe, stratify)
     tbl = read_scored(scores)  # after every option is checked: a bad one fails before a big file is read
     sel = pipe(tbl, seed=seed, source=str(scores))
