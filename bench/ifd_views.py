@@ -53,7 +53,7 @@ def main(a):
         template = "none" if script == "superfiltering" else "alpaca"
         for view in ("bos", "no-bos"):
             t = tokenize_for_scoring(rows, tok, template=template, max_length=a.max_length, uncond_view=view, verbose=False)
-            got = finalize_scores(t, score_tokenized(t, model, pad_id_of(tok), desc=None), view)
+            got = finalize_scores(score_tokenized(t, model, pad_id_of(tok), desc=None), view)
             rho = {k: spearmanr(got[k], ref[k], nan_policy="omit")[0] for k in ref}
             only = int((np.isnan(got["ifd"]) != np.isnan(ref["ifd"])).sum())
             print(f"  {template:6s} uncond_view={view:6s}  Spearman cond_loss {rho['cond_loss']:.4f}  uncond_loss "

@@ -24,7 +24,7 @@ __all__ = ['ROLE_ALIASES', 'SCHEMAS', 'ALPACA_PROMPT_NO_INPUT', 'ALPACA_PROMPT_I
            'TOKEN_COLUMNS', 'SHAREGPT_FILE', 'chat_pairs', 'Converted', 'Schema', 'detect_schema', 'column_schema',
            'canonical_table', 'load_rows', 'save_rows', 'Template', 'get_template', 'format_prompt', 'format_response',
            'truncation_plan', 'uncond_view_for', 'tokenizer_fingerprint', 'tokenize_for_scoring', 'truncation_summary',
-           'sharegpt_path', 'iter_json_array', 'load_sharegpt', 'cli_convert']
+           'truncation_line', 'sharegpt_path', 'iter_json_array', 'load_sharegpt', 'cli_convert']
 
 # %% ../nbs/01_data.ipynb #bb9443fc
 ROLE_ALIASES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "chatgpt": "assistant",
@@ -563,7 +563,7 @@ def tokenize_for_scoring(ds:Dataset, # canonical rows (from `load_rows`)
     with quiet_progress():
         out = keep.map(setup, batched=True, batch_size=batch_size, num_proc=num_proc, input_columns=cols,
                        features=_token_features(keep), new_fingerprint=fp, desc="tokenize", cache_file_name=cache_file_name)
-    if verbose: print(_summary_line(truncation_summary(out), max_length))
+    if verbose: print(truncation_line(truncation_summary(out), max_length))
     return out
 
 # %% ../nbs/01_data.ipynb #ad727ec8
@@ -576,7 +576,10 @@ def truncation_summary(ds:Dataset, # output of `tokenize_for_scoring`
     return {"rows": len(ds), "truncated": int(pc.sum(tbl["truncated"]).as_py() or 0), "tok_errors": dict(errs),
             "max_cond_len": longest("cond_ids"), "max_uncond_len": longest("uncond_ids")}
 
-def _summary_line(s:dict, max_length:int)->str:
+def truncation_line(s:dict, # rows, truncated and tok_errors (reason -> count), as `truncation_summary` gives them
+                    max_length:int, # the bound rows were cut to
+                   )->str:
+    "The one-line tokenization summary that scoring prints."
     bad = sum(s["tok_errors"].values())
     return (f"tokenized {s['rows']} rows: {s['truncated']} truncated to max_length={max_length}, "
             f"{bad} cannot be scored" + (f" ({', '.join(f'{k}: {v}' for k, v in s['tok_errors'].items())})" if bad else ""))

@@ -21,7 +21,7 @@ from .core import SmallselError, cache_root, fingerprint, table_fingerprint, ato
 from fastcore.meta import delegates
 from .io import check_rows_out, stream_files
 from .scoring import ScoringJob, arrow_table, attach_scores, error_summary, parse_columns, plan_shards, prepare_scoring, score, ScoreSettings
-from .lm import Ragged, as_lm
+from .lm import as_lm
 
 # %% auto #0
 __all__ = ['Ranks', 'launch_env', 'init_ranks', 'rank_device', 'rank_shards', 'shard_plan', 'missing_shards', 'key_mismatch',
@@ -93,14 +93,13 @@ def rank_shards(n_shards:int, # shards in the plan
                 world:int, # number of ranks
                 offset:int=0, # shards handed out before this job
                )->list[int]: # shard numbers this rank scores
-    "Every `world`-th shard of the length-sorted plan, starting at this rank."
+    "Every `world`-th shard of the plan, starting at this rank."
     return np.flatnonzero((offset + np.arange(n_shards)) % world == rank).tolist()
 
 # %% ../nbs/03c_distributed.ipynb #03603dc6
 def shard_plan(job:ScoringJob)->list[np.ndarray]:
     "Row indices of each shard of `job`, as `score_tokenized` plans them."
-    t = arrow_table(job.tok)
-    return plan_shards(Ragged(t["cond_ids"]).lengths + Ragged(t["uncond_ids"]).lengths, job.shard_rows)
+    return plan_shards(len(job.tok), job.shard_rows)
 
 def missing_shards(job:ScoringJob, # a prepared job with a cache store
                    shards:list[int]|None=None, # shard numbers to check (default: all)
@@ -161,6 +160,7 @@ def run_job(job:ScoringJob, # a prepared job (`scoring.prepare_scoring`) with a 
             ranks:Ranks, # the run
             offset:int=0, # shards handed out before this job (see `rank_shards`)
             desc:str|None="scoring", # progress bar label (None: no bar)
+            verbose:bool=False, # rank 0 prints the tokenization summary (`data.truncation_line`) from the shards
            )->tuple[Dataset|None, list[RankReport]]: # (scored rows on rank 0, else None; every rank's report)
     "Score this rank's shards of `job`; rank 0 then merges every shard into the scored rows."
     if job.store is None: raise SmallselError("multi-process scoring exchanges shards through the cache folder: "
@@ -183,6 +183,10 @@ def run_job(job:ScoringJob, # a prepared job (`scoring.prepare_scoring`) with a 
         if full["shards_computed"]:
             warnings.warn(f"{full['shards_computed']} of {job.n_shards} shards were missing or unreadable after every rank "
                           "finished (a crash, a truncated file): rank 0 recomputed them")
+    if verbose:
+        from smallsel_nb.data import truncation_line
+        errs = Counter(e for e in full["tok_error"] if e is not None)
+        print(truncation_line(dict(rows=len(job.tok), truncated=int(full["truncated"].sum()), tok_errors=dict(errs)), job.key["max_length"]))
     return attach_scores(job, full), reports
 
 # %% ../nbs/03c_distributed.ipynb #f8829c3b
@@ -204,9 +208,9 @@ def score_distributed(data, # rows: anything `data.load_rows` reads, or a `Datas
     ranks = init_ranks(timeout_s)
     try:
         job = prepare_scoring(data, model, replace(s, device=rank_device(s.device, ranks.local_rank)), cache_dir=cache_dir,
-                              verbose=verbose and ranks.rank == 0, errors=errors)
+                              verbose=verbose and ranks.rank == 0, errors=errors, lazy=True)  # each rank tokenizes its own shards
         check_shared_folder(job.store.root.parent, ranks)
-        ds, reports = run_job(job, ranks)
+        ds, reports = run_job(job, ranks, verbose=verbose)
         if ds is not None and verbose and ranks.world > 1: print(rank_summary(reports, job.n_shards))
         if ds is not None and out is not None: save_rows(ds, out)
         ranks.barrier()  # leave together, once the output is written: no rank tears down connections another still uses

@@ -24,10 +24,11 @@ from .lm import (Ragged, as_lm, batch_end, default_batch_tokens, forward_nll, lm
 from .models import model_identity
 
 # %% auto #0
-__all__ = ['TOKEN_LOSSES', 'SCORE_COLUMNS', 'NO_UNCOND', 'ERRORS', 'score_per_row', 'find_prefixes', 'assign_prefix',
-           'plan_shards', 'ShardScorer', 'shard_checksum', 'ShardStore', 'score_tokenized', 'finalize_scores',
-           'selective_ifd', 'add_selective_ifd', 'ScoreSettings', 'bad_rows', 'ScoringJob', 'prepare_scoring',
-           'attach_scores', 'score', 'parse_columns', 'Scorer', 'error_summary']
+__all__ = ['TOKEN_LOSSES', 'ROW_INFO', 'SCORE_COLUMNS', 'NO_UNCOND', 'ERRORS', 'score_per_row', 'find_prefixes', 'assign_prefix',
+           'plan_shards', 'ShardScorer', 'shard_checksum', 'ShardStore', 'LazyTokens', 'shard_tokens', 'row_info',
+           'shared_prefixes', 'score_shard', 'score_tokenized', 'finalize_scores', 'selective_ifd', 'add_selective_ifd',
+           'ScoreSettings', 'bad_rows', 'ScoringJob', 'prepare_scoring', 'attach_scores', 'score', 'parse_columns',
+           'Scorer', 'error_summary']
 
 # %% ../nbs/03_scoring.ipynb #190541cb
 @torch.inference_mode()
@@ -87,12 +88,12 @@ def assign_prefix(cond_ids:list, # tokenized rows
     return out
 
 # %% ../nbs/03_scoring.ipynb #19d6bcd9
-def plan_shards(lengths:np.ndarray, # a length per row (the sort key)
+def plan_shards(n_rows:int, # rows in the pool
                 shard_rows:int=2048, # rows per shard
-               )->list[np.ndarray]: # row indices of each shard, shortest rows first
-    "Cut the length-sorted rows into shards."
-    order = np.argsort(lengths, kind="stable")
-    return [order[i:i+shard_rows] for i in range(0, len(order), shard_rows)]
+               )->list[np.ndarray]: # row numbers of each shard
+    "Cut the rows into shards of consecutive rows: shard k's rows are known without tokenizing any row."
+    if shard_rows < 1: raise SmallselError(f"shard_rows must be at least 1, not {shard_rows}")
+    return [np.arange(a, min(a + shard_rows, n_rows)) for a in range(0, n_rows, shard_rows)]
 
 # %% ../nbs/03_scoring.ipynb #81085b12
 def _is_oom(e): return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
@@ -169,11 +170,13 @@ class ShardScorer:
 # %% ../nbs/03_scoring.ipynb #897520a1
 _SUMS = ("cond_sum", "uncond_sum", "n_cond", "n_uncond")
 TOKEN_LOSSES = ("token_losses", "uncond_token_losses") # per-token losses a shard may hold: conditional, unconditional
+ROW_INFO = ("tok_error", "truncated", "text") # what tokenizing found per row, kept in the shard: the merge needs no tokenizer
 
-def shard_checksum(t:pa.Table, # a shard table: row, the sums, maybe token_losses
+def shard_checksum(t:pa.Table, # a shard table: row, the sums, `ROW_INFO`, maybe token_losses
                   )->str:
-    "A hash of a shard's row numbers, sums and per-token losses (stored in the shard, checked when it is read)."
-    parts = [np.ascontiguousarray(t[c].to_numpy()) for c in ("row", *_SUMS)]
+    "A hash of a shard's row numbers, sums, row facts and per-token losses (stored in the shard, checked when it is read)."
+    parts = [np.ascontiguousarray(t[c].to_numpy(zero_copy_only=False)) for c in ("row", *_SUMS, "truncated", "text")]
+    parts.append(t["tok_error"].to_pylist())
     for c in (c for c in TOKEN_LOSSES if c in t.column_names):
         tl = t[c].combine_chunks()
         parts += [pc.fill_null(pc.list_value_length(tl), -1).to_numpy(), pc.list_flatten(tl).to_numpy(zero_copy_only=False)]
@@ -201,17 +204,20 @@ class ShardStore:
         try: t = pq.read_table(p)
         except Exception: return None
         want = (t.schema.metadata or {}).get(b"smallsel_checksum", b"").decode()
-        if t.num_rows != len(rows) or not np.array_equal(t["row"].to_numpy(), rows) or want != shard_checksum(t):
+        if (t.num_rows != len(rows) or not set(ROW_INFO) <= set(t.column_names) or not np.array_equal(t["row"].to_numpy(), rows)
+            or want != shard_checksum(t)):
             warnings.warn(f"{p}: the cached shard does not match its checksum or its rows (changed on disk?); computing it again")
             return None
-        d = {c: t[c].to_numpy() for c in _SUMS}
+        d = {c: t[c].to_numpy(zero_copy_only=False) for c in (*_SUMS, "truncated", "text")}
+        d["tok_error"] = np.array(t["tok_error"].to_pylist(), dtype=object)
         for c in TOKEN_LOSSES:
             d[c] = [None if x is None else np.asarray(x, np.float32) for x in t[c].to_pylist()] if c in t.column_names else [None] * len(rows)
         return d
 
     def save(self, k:int, rows:np.ndarray, d:dict, per_token:bool, uncond_tokens:bool=False):
         "Write shard `k` atomically, with its checksum; release the claim on it."
-        cols = {"row": rows, **{c: d[c] for c in _SUMS}}
+        cols = {"row": rows, **{c: d[c] for c in _SUMS}, "tok_error": pa.array(list(d["tok_error"]), pa.string()),
+                "truncated": np.asarray(d["truncated"], bool), "text": np.asarray(d["text"], bool)}
         for c, keep in zip(TOKEN_LOSSES, (per_token, uncond_tokens)):
             if keep: cols[c] = pa.array([None if x is None else x.astype(np.float32) for x in d[c]], pa.list_(pa.float32()))
         t = pa.table(cols)
@@ -279,8 +285,62 @@ def take(self:ShardStore, todo:list[int], # shard numbers this process should en
 # %% ../nbs/03_scoring.ipynb #39e0ef74
 SCORE_COLUMNS = ["cond_loss", "uncond_loss", "ifd", "cond_ppl", "uncond_ppl", "n_response_tokens", "score_error", "uncond_view"]
 
+# %% ../nbs/03_scoring.ipynb #a33de4f5
+@dataclass
+class LazyTokens:
+    "Rows tokenized when a shard asks for them: each process of a multi-process run tokenizes only the rows it scores."
+    ds: Dataset # canonical rows (`data.load_rows`)
+    tokenizer: object # a fast tokenizer of the scoring model
+    template: str = "alpaca" # prompt template
+    max_length: int = 1024 # bound on len(cond_ids)
+    system: str|None = None # chat template's system prompt
+    uncond_view: str|None = None # "bos" or "no-bos" (`data.UNCOND_VIEWS`)
+
+    def __len__(self): return len(self.ds)
+
+    def take(self, rows:np.ndarray, # row numbers
+            )->pa.Table: # `data.tokenize_for_scoring`'s columns for these rows, in this order
+        "Tokenize these rows now."
+        from smallsel_nb.data import tokenize_for_scoring
+        return arrow_table(tokenize_for_scoring(self.ds.select(rows), self.tokenizer, self.template, self.max_length, self.system,
+                                                uncond_view=self.uncond_view, verbose=False))
+
+def shard_tokens(src, # a tokenized `pa.Table` or `LazyTokens`
+                 rows:np.ndarray, # row numbers (a shard's consecutive rows, or any sample)
+                )->pa.Table: # the tokenized columns of these rows
+    "Tokenized rows by number: a zero-copy slice of the tokenized table, or tokenized now by `LazyTokens`."
+    if isinstance(src, LazyTokens): return src.take(rows)
+    consecutive = len(rows) and rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1)
+    return src.slice(int(rows[0]), len(rows)) if consecutive else src.take(pa.array(rows))
+
+def row_info(t:pa.Table, # tokenized rows
+            )->dict: # `ROW_INFO` arrays: tok_error (reason or None), truncated, text (plain text: no prompt, scored unconditionally)
+    "What tokenizing found per row, as the shard keeps it."
+    return dict(tok_error=np.array(t["tok_error"].to_pylist(), dtype=object), truncated=t["truncated"].to_numpy(zero_copy_only=False).astype(bool),
+                text=Ragged(t["cond_ids"]).lengths == 0)
+
+def shared_prefixes(src, # a tokenized `pa.Table` or `LazyTokens`
+                   )->list[np.ndarray]: # prompt prefixes shared by many rows (`find_prefixes`)
+    "Prefixes found on a fixed sample of 2,000 rows: the same for every process, shard plan and run."
+    n = len(src) if isinstance(src, LazyTokens) else src.num_rows
+    if not n: return []
+    t = shard_tokens(src, np.random.default_rng(0).choice(n, min(n, 2000), replace=False))
+    c = Ragged(t["cond_ids"])
+    return find_prefixes([c[i] for i in range(t.num_rows)], t["resp_start"].to_numpy().astype(np.int64))
+
+def score_shard(scorer:ShardScorer, # the engine, with its prefixes and batch budget
+                t:pa.Table, # one shard's tokenized rows
+               )->dict: # `ShardScorer.score`'s sums and token losses, plus `row_info`
+    "Score one shard's tokenized rows."
+    cond, unc, n = Ragged(t["cond_ids"]), Ragged(t["uncond_ids"]), t.num_rows
+    rs = t["resp_start"].to_numpy().astype(np.int64)
+    us = t["uncond_start"].to_numpy().astype(np.int64) if "uncond_start" in t.column_names else np.ones(n, np.int64)
+    ok = t["tok_error"].is_null().to_numpy(zero_copy_only=False)
+    return {**scorer.score([cond[i] for i in range(n)], rs, [unc[i] for i in range(n)], us, ok), **row_info(t)}
+
+
 # %% ../nbs/03_scoring.ipynb #519b601c
-def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
+def score_tokenized(tok, # tokenized rows (`data.tokenize_for_scoring`), or `LazyTokens` (a shard is tokenized when it is scored)
                     model, # causal LM (eval mode, on its device)
                     pad_id:int=0, # padding id
                     batch_tokens:int|None=None, # padded tokens per forward (default: `default_batch_tokens`)
@@ -292,36 +352,30 @@ def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
                     desc:str="scoring", # progress bar label
                     compile:bool=False, # `torch.compile` the model body first (opt-in: it stays compiled; the first batches are slow)
                     uncond_tokens:bool=False, # keep per-token unconditional losses too (`uncond_token_losses`)
-                   )->dict: # per-row arrays: cond_sum, uncond_sum, n_cond, n_uncond, token_losses, uncond_token_losses; shards_cached, shards_computed, tokens_computed
+                   )->dict: # per-row arrays: cond_sum, uncond_sum, n_cond, n_uncond, token_losses, uncond_token_losses, tok_error, truncated, text; shards_cached, shards_computed, tokens_computed
     "Run the engine over tokenized rows; finished shards are read from / written to `store`."
     batch_tokens = batch_tokens or default_batch_tokens(model)
-    t = arrow_table(tok)
-    cond, unc = Ragged(t["cond_ids"]), Ragged(t["uncond_ids"])
-    rs = t["resp_start"].to_numpy().astype(np.int64)
-    us = t["uncond_start"].to_numpy().astype(np.int64) if "uncond_start" in t.column_names else np.ones(len(tok), np.int64)
-    ok = t["tok_error"].is_null().to_numpy(zero_copy_only=False)
+    src = tok if isinstance(tok, LazyTokens) else arrow_table(tok)
     n = len(tok)
-    lengths = cond.lengths + unc.lengths
-    plan = plan_shards(lengths, shard_rows)
-    todo = [k for k in (range(len(plan)) if shards is None else shards)]
+    plan = plan_shards(n, shard_rows)
+    todo = list(range(len(plan)) if shards is None else shards)
     require_fast_head(model)  # every batch goes through the fast head, with or without a prefix cache
     if compile: lm_body(model).compile(dynamic=True)  # shapes vary from batch to batch
-    sample = np.random.default_rng(0).choice(n, min(n, 2000), replace=False) if n else np.array([], int)
-    prefixes = find_prefixes([cond[i] for i in sample], rs[sample]) if prefix_cache else []
-    out = dict(cond_sum=np.full(n, np.nan), uncond_sum=np.full(n, np.nan), n_cond=np.zeros(n, np.int64),
-               n_uncond=np.zeros(n, np.int64), token_losses=[None] * n, uncond_token_losses=[None] * n)
+    out = dict(cond_sum=np.full(n, np.nan), uncond_sum=np.full(n, np.nan), n_cond=np.zeros(n, np.int64), n_uncond=np.zeros(n, np.int64),
+               token_losses=[None] * n, uncond_token_losses=[None] * n, tok_error=np.full(n, None, object),
+               truncated=np.zeros(n, bool), text=np.zeros(n, bool))
     n_cached = 0
     bar = progress(total=sum(len(plan[k]) for k in todo), desc=desc, unit="rows")
     scorer = None
     for k in (store.take(todo) if store is not None else todo):  # claims: another process scoring into this cache takes other shards
         rows = plan[k]
-        d = store.load(k, rows) if store is not None else None  # a finished shard is read once, here
+        d = store.load(k, rows) if store is not None else None  # a finished shard is read once, here (nothing to tokenize)
         if d is None:
-            scorer = scorer or ShardScorer(model, pad_id, prefixes, batch_tokens, per_token, bar, uncond_tokens)
-            d = scorer.score([cond[i] for i in rows], rs[rows], [unc[i] for i in rows], us[rows], ok[rows])
+            scorer = scorer or ShardScorer(model, pad_id, shared_prefixes(src) if prefix_cache else [], batch_tokens, per_token, bar, uncond_tokens)
+            d = score_shard(scorer, shard_tokens(src, rows))
             if store is not None: store.save(k, rows, d, per_token, uncond_tokens)
         else: bar.update(len(rows)); n_cached += 1
-        for c in ("cond_sum", "uncond_sum", "n_cond", "n_uncond"): out[c][rows] = d[c]
+        for c in (*_SUMS, *ROW_INFO): out[c][rows] = d[c]
         for c in TOKEN_LOSSES:
             for i, t in zip(rows, d[c]): out[c][i] = t
     bar.close()
@@ -332,17 +386,14 @@ def score_tokenized(tok:Dataset, # tokenized rows (`data.tokenize_for_scoring`)
 # %% ../nbs/03_scoring.ipynb #86313d29
 NO_UNCOND = "response has 1 token: nothing to score unconditionally (uncond_view='no-bos' does not score the first token)"
 
-def finalize_scores(tok:Dataset, # tokenized rows (for `tok_error` and which rows are plain text)
-                    res:dict, # from `score_tokenized`
-                    uncond_view:str, # the view `tok` was made with (`data.UNCOND_VIEWS`), recorded per row
+def finalize_scores(res:dict, # from `score_tokenized` (sums, counts and `ROW_INFO` per row)
+                    uncond_view:str, # the view the rows were tokenized with (`data.UNCOND_VIEWS`), recorded per row
                    )->dict[str, np.ndarray]: # the score columns
     "Turn NLL sums into the public score columns; every unscorable row gets NaN and a reason."
     with np.errstate(invalid="ignore", divide="ignore"):
         cond = np.where(res["n_cond"] > 0, res["cond_sum"] / np.maximum(res["n_cond"], 1), np.nan)
         unc = np.where(res["n_uncond"] > 0, res["uncond_sum"] / np.maximum(res["n_uncond"], 1), np.nan)
-    t = arrow_table(tok)
-    err = np.array(t["tok_error"].to_pylist(), dtype=object)
-    text = Ragged(t["cond_ids"]).lengths == 0
+    err, text = np.array(res["tok_error"], dtype=object), np.asarray(res["text"], bool)  # a copy: reasons are added below
     cond[text | (err != None)] = np.nan; unc[err != None] = np.nan
     err[(err == None) & (res["n_uncond"] == 0)] = NO_UNCOND  # no-bos view, one response token: cond is scored, uncond is not
     bad = (err == None) & (~np.isfinite(unc) | (~text & ~np.isfinite(cond)))
@@ -431,7 +482,7 @@ def bad_rows(ds:Dataset, # canonical rows, maybe with an `error` column (`load_r
 @dataclass
 class ScoringJob:
     "Everything needed to run (part of) a scoring pass: rows, tokenized view, model, cache store, settings."
-    ds: Dataset; tok: Dataset; model: object; tokenizer: object; store: ShardStore|None; key: dict
+    ds: Dataset; tok: Dataset|LazyTokens; model: object; tokenizer: object; store: ShardStore|None; key: dict
     pad_id: int; batch_tokens: int|None; per_token: bool; shard_rows: int; prefix_cache: bool; uncond_tokens: bool = False; selective: float|None = None
 
     def run(self, shards:list[int]|None=None, desc:str|None="scoring")->dict:
@@ -452,6 +503,7 @@ def prepare_scoring(data, # rows: anything `data.load_rows` reads, or a `Dataset
                     columns:dict|str|None=None, # your column names: {"instruction": "question", "output": "answer"} (or "instruction=question,...")
                     errors:str|None=None, # bad rows: fail (name them), skip (leave them out), report (keep them, unscored); None: report for a Dataset loaded with errors="report", else fail
                     turns:str="first", # chat data (`messages`/`conversations`): score the first, last or all assistant turns (a `turn` column numbers them)
+                    lazy:bool=False, # tokenize each shard when it is scored (`LazyTokens`: a process tokenizes only its shards); no summary is printed
                     **kwargs)->ScoringJob:
     "Load rows and model, tokenize, and key the cache: a job ready to `run`."
     from smallsel_nb.data import load_rows, tokenize_for_scoring, uncond_view_for
@@ -471,10 +523,13 @@ def prepare_scoring(data, # rows: anything `data.load_rows` reads, or a `Dataset
         warnings.warn(f"max_length={max_length} is longer than the model's {limit} positions: using {limit}")
         max_length = limit
     view = uncond_view_for(tokenizer, s.uncond_view)
-    tok = tokenize_for_scoring(ds, tokenizer, template=s.template, max_length=max_length, system=s.system, verbose=verbose, uncond_view=view)
+    if lazy:
+        tok = LazyTokens(ds, tokenizer, s.template, max_length, s.system, view)
+        tok.take(np.arange(1))  # the tokenizer and settings are checked now, not in the middle of the run
+    else: tok = tokenize_for_scoring(ds, tokenizer, template=s.template, max_length=max_length, system=s.system, verbose=verbose, uncond_view=view)
     key = dict(data=table_fingerprint(ds, ["id", "instruction", "input", "output"]), model=identity or model_identity(m, name=name),
                template=s.template, system=s.system, max_length=max_length, per_token=s.per_token, uncond_view=view, uncond_tokens=s.uncond_tokens,
-               dtype=str(next(m.parameters()).dtype), shard_rows=s.shard_rows, version=2)  # 2: shards carry a checksum
+               dtype=str(next(m.parameters()).dtype), shard_rows=s.shard_rows, version=3)  # 3: shards of consecutive rows, with ROW_INFO
     store = None if cache_dir is False else ShardStore(Path(cache_dir or cache_root()/"scores")/fingerprint(key), key)
     pad = pad_id_of(tokenizer)
     return ScoringJob(ds, tok, m, tokenizer, store, key, pad, s.batch_tokens, s.per_token, s.shard_rows, s.prefix_cache, s.uncond_tokens, s.selective)
@@ -483,10 +538,10 @@ def attach_scores(job:ScoringJob, # the prepared job
                   res:dict, # `job.run()` over all shards
                  )->Dataset: # the rows with score columns, original order
     "Add the score columns (and `truncated`, the per-token losses asked for, `selective_ifd`) to the rows."
-    cols = finalize_scores(job.tok, res, job.key["uncond_view"])
+    cols = finalize_scores(res, job.key["uncond_view"])
     out = job.ds.remove_columns([c for c in SCORE_COLUMNS + [*TOKEN_LOSSES, "truncated"] if c in job.ds.column_names])
     for c in SCORE_COLUMNS: out = out.add_column(c, cols[c])
-    out = out.add_column("truncated", arrow_table(job.tok)["truncated"])
+    out = out.add_column("truncated", pa.array(res["truncated"], pa.bool_()))
     for c, keep in zip(TOKEN_LOSSES, (job.per_token, job.uncond_tokens)):
         if keep: out = out.add_column(c, [None if t is None else t.tolist() for t in res[c]])
     return add_selective_ifd(out, job.selective) if job.selective else out
@@ -544,7 +599,7 @@ class Scorer:
                 )->dict: # score column -> one value per row (cond_loss, uncond_loss, ifd, cond_ppl, uncond_ppl, n_response_tokens, score_error)
         "Score a batch of rows; the caller keeps its own columns."
         job = prepare_scoring(self.rows(batch), (self.model, self.tokenizer), self.settings, cache_dir=False, verbose=False, identity=self.identity)
-        cols = finalize_scores(job.tok, job.run(desc=None), job.key["uncond_view"])
+        cols = finalize_scores(job.run(desc=None), job.key["uncond_view"])
         return {c: list(cols[c]) if c in ("score_error", "uncond_view") else np.asarray(cols[c]).tolist() for c in SCORE_COLUMNS}
 
     @staticmethod

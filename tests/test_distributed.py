@@ -29,8 +29,15 @@ SCRIPT = textwrap.dedent("""
         ShardStore.save = save
     max_length = 48 + (16 * rank if os.environ.get("MISMATCH") else 0)
     kw = dict(template="none", max_length=max_length, device="cpu", cache_dir=cache, shard_rows=25)
+    count = os.environ.get("COUNT_TOKENIZED")
+    if count:  # count the rows this rank tokenizes (no prefix cache: its 2,000-row sample would be the whole small pool)
+        from smallsel_nb.scoring import LazyTokens
+        real_take, seen = LazyTokens.take, [0]
+        def take(self, rows): seen[0] += len(rows); return real_take(self, rows)
+        LazyTokens.take = take; kw["prefix_cache"] = False
     if mode == "score": score_distributed(data, "tiny", out=out, **kw)
     else: score_stream(data, "tiny", out, chunk_rows=120, **kw)
+    if count: print(f"rank {rank} tokenized {seen[0]} rows", flush=True)
 """)
 
 GLOO_ABORT = "terminate called without an active exception"  # seen once in CI: a gloo thread aborting a rank (not our code)
@@ -97,6 +104,18 @@ def test_killed_rank_resumes_with_another_world_size(tmp_path, pool):
     assert got["id"].to_pylist() == fresh["id"]
     for c in ("cond_loss", "uncond_loss", "ifd", "n_response_tokens"):
         np.testing.assert_array_equal(got[c].to_numpy(), np.asarray(fresh[c]))
+
+@pytest.mark.slow
+def test_each_rank_tokenizes_only_its_shards(tmp_path, pool):
+    "2 ranks: each tokenizes its 12 shards of 25 rows (and 1 row checking the settings), rank 0's merge none; same file as 1 process."
+    p = torchrun(tmp_path, 2, "score", pool, tmp_path/"out.parquet", tmp_path/"cache", env={"COUNT_TOKENIZED": "1"})
+    counts = {int(r): int(n) for r, n in re.findall(r"rank (\d) tokenized (\d+) rows", p.stdout)}
+    assert counts == {0: 301, 1: 301}, p.stdout
+    assert "tokenized 600 rows: 401 truncated to max_length=48, 0 cannot be scored" in p.stdout  # the summary, from the shards
+    one = score(str(pool), "tiny", cache_dir=False, shard_rows=25, prefix_cache=False, **SCORE_KW)
+    got = pq.read_table(tmp_path/"out.parquet")
+    assert got["id"].to_pylist() == one["id"] and got["truncated"].to_pylist() == one["truncated"]
+    for c in ("cond_loss", "uncond_loss", "ifd"): np.testing.assert_array_equal(got[c].to_numpy(), np.asarray(one[c]))
 
 @pytest.mark.slow
 def test_mismatched_settings_are_refused(tmp_path, pool):
