@@ -181,3 +181,11 @@ def test_not_a_table():
 
 def test_counts_of_unknown_column(scored):
     with pytest.raises(SmallselError, match="no counts for 'answer'"): SelectionExplorer(scored).counts("answer")
+
+def test_tutorials_read_the_full_size_map():
+    "The map the tutorials and the lecture quote (first saved table of 07_compare with the gain columns) is the full-size one, not the toy run."
+    from pathlib import Path
+    from smallsel_nb.explore import table_with
+    nbs = Path(__file__).parent.parent/"nbs"
+    m = table_with(nbs/"07_compare.ipynb", "mix", "n", "noise", "sel_gain", "oracle_gain", "compute_share")
+    assert set(m["n"]) == {600, 2000} and set(m["noise"]) == {0.3, 0.6}, m
