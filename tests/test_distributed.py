@@ -2,6 +2,7 @@
 import os, re, subprocess, sys, textwrap
 from pathlib import Path
 import numpy as np, pyarrow as pa, pyarrow.parquet as pq, pytest
+from conftest import launch_ranks, check_ranks
 from smallsel_nb.core import SmallselError
 from smallsel_nb.synth import make_noisy_instructions
 from smallsel_nb.distributed import cli_score
@@ -40,24 +41,10 @@ SCRIPT = textwrap.dedent("""
     if count: print(f"rank {rank} tokenized {seen[0]} rows", flush=True)
 """)
 
-GLOO_ABORT = "terminate called without an active exception"  # seen once in CI: a gloo thread aborting a rank (not our code)
-
-def launch(n, *args, env=None, retry=True):
-    "`torchrun --standalone` with `n` ranks; rerun once when a rank died of the gloo abort above (the rerun resumes)."
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n), *map(str, args)]
-    p = subprocess.run(cmd, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=240)
-    retried = retry and p.returncode and GLOO_ABORT in p.stderr
-    if retried:
-        print(f"rank aborted by gloo, rerunning:\n{p.stderr[-2000:]}", file=sys.stderr)
-        p = subprocess.run(cmd, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=240)
-    p.retried = bool(retried)  # the rerun finds what the aborted attempt already scored in the cache
-    return p
-
 def torchrun(tmp, n, *args, env=None, check=True):
     script = tmp/"run_rank.py"; script.write_text(SCRIPT)
-    p = launch(n, script, *args, env=env, retry=check)
-    if check and p.returncode: raise AssertionError(f"torchrun failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-    return p
+    p = launch_ranks(n, script, *args, env={**ENV, **(env or {})}, timeout=240, retry=check)
+    return check_ranks(p) if check else p
 
 def shards(cache): return {q.name: q.stat().st_mtime_ns for q in Path(cache).rglob("shard-*.parquet")}
 
@@ -74,7 +61,7 @@ def test_cli_two_ranks_equal_single_process(tmp_path):
     make_noisy_instructions(2300, seed=1).to_parquet(data)  # > 2048 rows: the CLI's default shard_rows gives 2 shards
     args = ["-m", "smallsel_nb.cli", "score", data, "--model", "tiny", "--template", "none", "--max-length", "48",
             "--device", "cpu", "--cache-dir", tmp_path/"cache2", "--out", tmp_path/"two.parquet"]
-    p = launch(2, *args)
+    p = launch_ranks(2, *args, env=ENV, timeout=240)
     assert p.returncode == 0, p.stderr[-3000:]
     assert re.search(r"2 ranks, 2 shards: \d scored", p.stdout), p.stdout
     cli_score(str(data), model="tiny", out=str(tmp_path/"one.parquet"), cache_dir=str(tmp_path/"cache1"), **SCORE_KW)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from smallsel_nb.core import SmallselError
+from conftest import launch_ranks, check_ranks
 from smallsel_nb.models import make_lm
 from smallsel_nb.synth import make_noisy_instructions, make_eval_split
 from smallsel_nb.train import train_lm, schedule
@@ -163,8 +164,7 @@ def test_two_processes_match_one(tmp_path, bs):
     "DistributedDataParallel (2 CPU processes, gloo): each reads half of every micro-batch (bs=1: one process has no row, weight 0), gradients are summed: same weights as 1 process; only rank 0 evaluates, rank 1 gets its results."
     (tmp_path/"ddp.py").write_text(DDP)
     env = {**os.environ, "SMALLSEL_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(tmp_path/"ddp.py"), str(tmp_path/"two.pt"), str(bs)],
-                   env=env, check=True, capture_output=True, timeout=300)
+    check_ranks(launch_ranks(2, tmp_path/"ddp.py", tmp_path/"two.pt", bs, env=env))
     subprocess.run([sys.executable, str(tmp_path/"ddp.py"), str(tmp_path/"one.pt"), str(bs)], env=env, check=True, capture_output=True, timeout=300)
     one, two = torch.load(tmp_path/"one.pt"), torch.load(tmp_path/"two.pt")
     for k in one: torch.testing.assert_close(one[k], two[k], rtol=1e-4, atol=1e-4)

@@ -4,6 +4,7 @@ from unittest.mock import patch
 import pytest
 import torch
 from smallsel_nb.core import SmallselError
+from conftest import launch_ranks, check_ranks
 from smallsel_nb.data import save_rows
 from smallsel_nb.models import make_lm
 from smallsel_nb.synth import make_noisy_instructions
@@ -97,8 +98,7 @@ def test_finetune_two_processes_rank0_writes(tmp_path):
     save_rows(make_noisy_instructions(32, seed=0), tmp_path/"t.jsonl")
     env = {**os.environ, "SMALLSEL_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
     args = ["finetune", str(tmp_path/"t.jsonl"), "--model", "tiny", "--template", "none", "--max-steps", "2", "--batch-size", "8", "--device", "cpu"]
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "smallsel_nb.cli", *args, "--out", str(tmp_path/"two")],
-                   env=env, check=True, capture_output=True, timeout=300)
+    check_ranks(launch_ranks(2, "-m", "smallsel_nb.cli", *args, "--out", tmp_path/"two", env=env))
     subprocess.run([sys.executable, "-m", "smallsel_nb.cli", *args, "--out", str(tmp_path/"one")], env=env, check=True, capture_output=True, timeout=300)
     assert json.loads((tmp_path/"two"/"history.json").read_text())["steps"] == 2
     one, two = load_lm(str(tmp_path/"one"))[0].state_dict(), load_lm(str(tmp_path/"two"))[0].state_dict()
@@ -128,9 +128,7 @@ def test_ddp_evaluates_on_the_main_process_only(tmp_path):
     "Under DDP (2 gloo processes) only rank 0 runs the evaluation; rank 1 receives the same numbers."
     import os, subprocess
     f = tmp_path/"run.py"; f.write_text(TRL_DDP)
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(f), str(tmp_path)],
-                       capture_output=True, text=True, timeout=600, env={**os.environ, "SMALLSEL_PROGRESS": "0", "OMP_NUM_THREADS": "1"})
-    assert p.returncode == 0, p.stderr[-3000:]
+    check_ranks(launch_ranks(2, f, tmp_path, timeout=600))
     r0, r1 = (json.loads((tmp_path/f"rank{i}.json").read_text()) for i in (0, 1))
     assert r0["calls"] >= 2 and r1["calls"] == 0
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]
