@@ -302,7 +302,8 @@ class LazyTokens:
             )->pa.Table: # `data.tokenize_for_scoring`'s columns for these rows, in this order
         "Tokenize these rows now."
         from smallsel_nb.data import tokenize_for_scoring
-        return arrow_table(tokenize_for_scoring(self.ds.select(rows), self.tokenizer, self.template, self.max_length, self.system,
+        part = Dataset(arrow_table(self.ds.select(rows)))  # in memory: a disk-backed `ds` would get a cache file per shard
+        return arrow_table(tokenize_for_scoring(part, self.tokenizer, self.template, self.max_length, self.system,
                                                 uncond_view=self.uncond_view, verbose=False))
 
 def shard_tokens(src, # a tokenized `pa.Table` or `LazyTokens`

@@ -355,3 +355,18 @@ def test_selective_setting_adds_the_column(tmp_path):
     assert pd.read_parquet(tmp_path/"s.parquet")["selective_ifd"].notna().all()
     with pytest.raises(SmallselError, match="--selective 0: the share"): score(rows, m, cache_dir=False, selective=0)
     with pytest.raises(SmallselError, match="one token cut over the whole pool"): score_stream(str(f), m, tmp_path/"o.parquet", selective=0.5, cache_dir=tmp_path/"c")
+
+def test_lazy_tokens_write_no_cache_file_per_shard(tmp_path):
+    "Tokenizing shard by shard a disk-backed Dataset (from_parquet) adds no Arrow file to the datasets cache."
+    from datasets import Dataset
+    from smallsel_nb.scoring import LazyTokens
+    make_noisy_instructions(120, seed=0).to_parquet(tmp_path/"p.parquet")
+    ds = Dataset.from_parquet(str(tmp_path/"p.parquet"), cache_dir=str(tmp_path/"hf"))
+    assert ds.cache_files, "the test needs a disk-backed Dataset"
+    arrows = lambda: set((tmp_path/"hf").rglob("*.arrow"))
+    before = arrows()
+    _, tk = make_lm("tiny", seed=0)
+    lz = LazyTokens(ds.select_columns(["id", "instruction", "input", "output"]), tk, "none", 64)
+    parts = [lz.take(np.arange(a, a + 40)) for a in (0, 40, 80)]
+    assert arrows() == before
+    assert sum(p.num_rows for p in parts) == 120 and parts[1]["id"].to_pylist()[0] == ds["id"][40]
