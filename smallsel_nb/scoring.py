@@ -323,7 +323,7 @@ def row_info(t:pa.Table, # tokenized rows
 def shared_prefixes(src, # a tokenized `pa.Table` or `LazyTokens`
                    )->list[np.ndarray]: # prompt prefixes shared by many rows (`find_prefixes`)
     "Prefixes found on a fixed sample of 2,000 rows: the same for every process, shard plan and run."
-    n = len(src) if isinstance(src, LazyTokens) else src.num_rows
+    n = len(src)  # a pa.Table's len is its number of rows
     if not n: return []
     t = shard_tokens(src, np.random.default_rng(0).choice(n, min(n, 2000), replace=False))
     c = Ragged(t["cond_ids"])

@@ -1,5 +1,5 @@
 "Multi-process scoring on CPU (torchrun, gloo): equal to one process, resume after a killed rank, bad settings, streaming."
-import os, re, subprocess, sys, textwrap
+import re, textwrap
 from pathlib import Path
 import numpy as np, pyarrow as pa, pyarrow.parquet as pq, pytest
 from conftest import launch_ranks, check_ranks
@@ -10,7 +10,6 @@ from smallsel_nb.scoring import score
 from smallsel_nb.distributed import (chunk_source, key_mismatch, rank_shards, score_distributed, score_stream,
                                      init_ranks, Ranks, check_shared_folder)
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SMALLSEL_PROGRESS": "0", "PYTHONUNBUFFERED": "1"}
 SCORE_KW = dict(template="none", max_length=48, device="cpu")
 FP32 = dict(SCORE_KW, dtype="float32")  # chunked vs whole-pool scores agree to fp32 rounding (bf16 CPUs: bf16 rounding)
 
@@ -43,7 +42,7 @@ SCRIPT = textwrap.dedent("""
 
 def torchrun(tmp, n, *args, env=None, check=True):
     script = tmp/"run_rank.py"; script.write_text(SCRIPT)
-    p = launch_ranks(n, script, *args, env={**ENV, **(env or {})}, timeout=240, retry=check)
+    p = launch_ranks(n, script, *args, env=env, timeout=240, retry=check)  # one thread per rank, no progress bars, unbuffered
     return check_ranks(p) if check else p
 
 def shards(cache): return {q.name: q.stat().st_mtime_ns for q in Path(cache).rglob("shard-*.parquet")}
@@ -61,7 +60,7 @@ def test_cli_two_ranks_equal_single_process(tmp_path):
     make_noisy_instructions(2300, seed=1).to_parquet(data)  # > 2048 rows: the CLI's default shard_rows gives 2 shards
     args = ["-m", "smallsel_nb.cli", "score", data, "--model", "tiny", "--template", "none", "--max-length", "48",
             "--device", "cpu", "--cache-dir", tmp_path/"cache2", "--out", tmp_path/"two.parquet"]
-    p = launch_ranks(2, *args, env=ENV, timeout=240)
+    p = launch_ranks(2, *args, timeout=240)
     assert p.returncode == 0, p.stderr[-3000:]
     assert re.search(r"2 ranks, 2 shards: \d scored", p.stdout), p.stdout
     cli_score(str(data), model="tiny", out=str(tmp_path/"one.parquet"), cache_dir=str(tmp_path/"cache1"), **SCORE_KW)
