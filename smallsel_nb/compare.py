@@ -287,6 +287,19 @@ class CompareResult:
             with atomic_write(path) as tmp: tmp.write_text(s)
         return s
 
+    @classmethod
+    def load(cls, path:str|Path, # a `results.json` written by `save` / `to_json` (or the folder holding it)
+            )->CompareResult:
+        "Read a saved comparison back: its table, verdict, paired differences and plot are recomputed from the saved runs."
+        p = Path(path); p = p/"results.json" if p.is_dir() else p
+        if not p.is_file(): raise SmallselError(f"{p}: no such results file (write one with `smallsel demo --out` or CompareResult.save)")
+        try: d = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e: raise SmallselError(f"{p}: not a JSON results file ({e})") from None
+        miss = [k for k in ("runs", "cost", "histories") if not isinstance(d, dict) or k not in d]
+        if miss: raise SmallselError(f"{p}: not a comparison's results file (missing {', '.join(miss)})")
+        hist = {(h["arm"], h["seed"]): h["history"] for h in d["histories"]}
+        return cls(pd.DataFrame(d["runs"]), hist, Cost(**d["cost"]), list(d.get("notes", [])))
+
 _RUN_COLUMNS = {"label", "arm", "budget", "seed", "charged", "rows", "tokens", "train_flops", "selection_flops", "total_flops",
                 "seconds", "selection_seconds"}
 _BETTER = [("eval_loss", "eval loss", -1, False), ("exact_match", "exact match", 1, True), ("defect_rate", "defect rate", -1, True)]
@@ -475,7 +488,7 @@ DEMO_V1 = {**DEMO, "benchmark": "v1", "n": 2000, "noise": 0.4, "ref_fraction": 0
            "train": dict(epochs=3, lr=1e-3, batch_size=8, group_by_length=16, eval_every=None), "select_by": "cond_loss",
            "frame": None, "temperature": None, "concentration": None}
 DEMOS = {"v1": DEMO_V1, "v2": DEMO}
-DEMO_FULL = {"seeds": 3, "budgets": [0.1, 0.3], "oracle": True} # what `--full` changes
+DEMO_FULL = {"seeds": 5, "budgets": [0.1, 0.3], "oracle": True} # what `--full` changes (five seeds: with three, a 95% t-interval is 4.3 standard errors wide)
 
 def _cpu_seconds()->float:
     "CPU time of this process and of its finished child processes (the training workers)."
@@ -515,7 +528,7 @@ def oracle_arm(budget:float, # fraction of the pool
         return np.sort(np.random.default_rng([seed, 11]).choice(ok, n, replace=False))
     return Arm("oracle", budget, pick, charged=False)
 
-def demo_settings(full:bool=False, # `DEMO_FULL` on top: three seeds, budgets of 10% and 30%, the oracle arm
+def demo_settings(full:bool=False, # `DEMO_FULL` on top: five seeds, budgets of 10% and 30%, the oracle arm
                   benchmark:str="v2", # "v2" (`DEMO`) or "v1" (`DEMO_V1`)
                   **overrides, # any key of `DEMO`
                  )->dict:
@@ -565,7 +578,7 @@ def demo_reference(pool:Dataset, # the noisy pool
             + ", ".join(f"{k} {v}" for k, v in sel.mix['noise_kind']['after'].items()))
     return scored, Cost(r.flops, r.seconds, {"reference training": r.flops}) + scost
 
-def run_demo(full:bool=False, # three seeds, budgets of 10% and 30% and the oracle arm (`DEMO_FULL`) instead of one seed at 30%
+def run_demo(full:bool=False, # five seeds, budgets of 10% and 30% and the oracle arm (`DEMO_FULL`) instead of one seed at 30%
              out:str|Path|None="smallsel-demo", # folder for results.json, table.md, curves.png (None: write nothing)
              seed:int=0, # seed of the pool, the reference model and the first large-model run
              log:bool=True, # print progress
@@ -604,10 +617,10 @@ def run_demo(full:bool=False, # three seeds, budgets of 10% and 30% and the orac
     return res
 
 # %% ../nbs/07_compare.ipynb #46519a50
-def cli_demo(full:bool=False, # three seeds, budgets of 10 and 30 percent, and an oracle arm (about 5x longer)
+def cli_demo(full:bool=False, # five seeds, budgets of 10 and 30 percent, and an oracle arm (about 19 minutes on 2 idle cores)
              out:str="smallsel-demo", # folder for results.json, table.md and curves.png
              seed:int=0, # random seed of the pool, the reference model and the first run
-             seeds:int=None, # number of seeds of the large-model runs (default: 1, or 3 with --full)
+             seeds:int=None, # number of seeds of the large-model runs (default: 1, or 5 with --full)
              noise:float=None, # share of corrupted rows (default: 0.6 for v2, 0.4 for v1)
              n:int=None, # rows in the noisy pool (default: 3000 for v2, 2000 for v1)
              benchmark:str="v2", # v2 (learnable rules, systematic weak-model noise) or v1 (the first benchmark)
