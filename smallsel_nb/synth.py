@@ -582,25 +582,30 @@ def noisy_benchmark(n_train:int, # rows in the noisy training pool
 # %% ../nbs/01a_synth.ipynb #885741fd
 def cli_synth(out:str, # output file, `.jsonl` or `.parquet`
               n:int=10000, # number of rows in the pool
-              noise:float=0.4, # fraction of rows corrupted, in [0, 1]
-              kinds:str=None, # comma-separated corruption kinds (default: all of wrong, mismatched, repetitive, nonsense, truncated, duplicate, near_duplicate)
+              noise:float=None, # fraction of rows corrupted (default: 0.4 for v1, in [0, 1]; 0.6 for v2, in [0, 0.9])
+              kinds:str=None, # comma-separated corruption kinds (default: all of the benchmark's: v1 `KINDS`, v2 `V2_KINDS`)
               seed:int=0, # random seed
               eval_n:int=0, # if > 0, also write a clean eval split of this many rows to OUT's stem + "_eval" (same format)
-              families:str=None, # comma-separated task families (default: all of arithmetic, string, facts, list, compare, units)
+              families:str=None, # comma-separated task families (default: all of the benchmark's: v1 `FAMILIES`, v2 `V2_FAMILIES`)
+              benchmark:str="v1", # v1 (facts and arithmetic, kinds split evenly) or v2 (learnable rules, a weak model's systematic failures: the demo's)
              ):
     "Write a synthetic noisy instruction pool (and optionally a clean eval split) and print its label counts."
     from smallsel_nb.data import save_rows
     path = Path(out)
     check_output(path, (".jsonl", ".parquet"), "out")  # before any work: a bad output path fails at once
+    if benchmark not in BENCHMARKS: raise SmallselError(f"unknown benchmark {benchmark!r}; choose from {', '.join(BENCHMARKS)}")
     if eval_n < 0: raise SmallselError(f"eval_n must be >= 0, got {eval_n}")
-    ds = make_noisy_instructions(n, noise=noise, kinds=kinds, families=families, seed=seed)
+    v1 = benchmark == "v1"
+    noise = (0.4 if v1 else 0.6) if noise is None else noise
+    make, all_kinds, all_families = (make_noisy_instructions, KINDS, FAMILIES) if v1 else (make_noisy_instructions_v2, V2_KINDS, V2_FAMILIES)
+    ds = make(n, noise=noise, kinds=kinds, families=families, seed=seed)
     save_rows(ds, path)
     kinds_count, tasks = Counter(ds["noise_kind"]), Counter(ds["task"])
-    print(f"wrote {len(ds)} rows to {path} ({len(ds) - kinds_count['clean']} noisy, noise={noise}, seed={seed})")
-    for k in ("clean", *KINDS):
+    print(f"wrote {len(ds)} rows of benchmark {benchmark} to {path} ({len(ds) - kinds_count['clean']} noisy, noise={noise}, seed={seed})")
+    for k in ("clean", *all_kinds):
         if k in kinds_count: print(f"  {k:<15}{kinds_count[k]:>9}")
-    print("  tasks: " + ", ".join(f"{t} {tasks[t]}" for t in FAMILIES if t in tasks))
+    print("  tasks: " + ", ".join(f"{t} {tasks[t]}" for t in all_families if t in tasks))
     if eval_n:
         ev_path = path.with_name(path.stem + "_eval" + path.suffix)
-        save_rows(make_eval_split(eval_n, families=families, seed=seed), ev_path)
+        save_rows(make_eval_split(eval_n, families=families if families or v1 else V2_FAMILIES, seed=seed), ev_path)
         print(f"wrote {eval_n} clean eval rows to {ev_path}")
