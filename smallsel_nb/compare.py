@@ -488,7 +488,7 @@ DEMO_V1 = {**DEMO, "benchmark": "v1", "n": 2000, "noise": 0.4, "ref_fraction": 0
            "train": dict(epochs=3, lr=1e-3, batch_size=8, group_by_length=16, eval_every=None), "select_by": "cond_loss",
            "frame": None, "temperature": None, "concentration": None}
 DEMOS = {"v1": DEMO_V1, "v2": DEMO}
-DEMO_FULL = {"seeds": 5, "budgets": [0.1, 0.3], "oracle": True} # what `--full` changes (five seeds: with three, a 95% t-interval is 4.3 standard errors wide)
+DEMO_FULL = {"seeds": 5, "budgets": [0.1, 0.3], "oracle": True} # what `--full` changes (five seeds: with three, a 95% t-interval's half-width is 4.3 standard errors)
 
 def _cpu_seconds()->float:
     "CPU time of this process and of its finished child processes (the training workers)."
