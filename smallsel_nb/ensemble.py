@@ -348,7 +348,7 @@ def cli_ensemble(inputs:Param("scored files, one per model (as `smallsel score` 
     "Combine several small models' scores of the same rows (mean z-score, mean rank, Borda, trimmed, min/max) and write them."
     t0 = time.time()
     check_rows_out(out)  # before any work: a bad output path fails at once
-    if heatmap is not None: check_output(heatmap, (".png",), "--heatmap")
+    if heatmap is not None: check_output(heatmap, (".png",), "--heatmap"); optional("matplotlib.figure", "notebooks")  # before any work
     tables, sources, names = _ensemble_inputs(inputs, model, names, reference, template, dtype, device)
     ref = _reference_table(reference, inputs[0], model, template, dtype, device)
     merged, cols, missing = merge_scored(tables, names, by, on, sources)

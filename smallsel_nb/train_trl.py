@@ -208,6 +208,40 @@ def _resume_point(ck:Path|None, # checkpoint folder (None: no checkpoints)
     saved = Path(last)/"history.json" if last else None
     return last, json.loads(saved.read_text()) if saved and saved.exists() else []
 
+def _state_dict_of(ck:Path)->dict:
+    "The weights a TRL checkpoint holds: the LoRA adapter, or the whole model (one file or shards)."
+    from safetensors.torch import load_file
+    if (ck/"adapter_model.safetensors").exists(): return load_file(ck/"adapter_model.safetensors")
+    if (ck/"model.safetensors").exists(): return load_file(ck/"model.safetensors")
+    index = ck/"model.safetensors.index.json"
+    if not index.exists(): raise SmallselError(f"{ck}: the run's last checkpoint holds no safetensors weights (a DeepSpeed or FSDP checkpoint?); "
+                                              "start over (resume=False, or --fresh)")
+    return {k: v for f in sorted(set(json.loads(index.read_text())["weight_map"].values())) for k, v in load_file(ck/f).items()}
+
+def _read_back_finished(trainer, # the run's `SFTTrainer` (its model wrapped as it was trained: PEFT for LoRA)
+                        last:str, # the run's last checkpoint, at its final step
+                       ):
+    "Load a finished run's final weights and trainer state from its last checkpoint instead of training again (which would add steps)."
+    from transformers import TrainerState
+    ck, model = Path(last), trainer.model
+    trainer.state = TrainerState.load_from_json(str(ck/"trainer_state.json"))
+    sd = _state_dict_of(ck)
+    if (ck/"adapter_model.safetensors").exists():
+        from peft import set_peft_model_state_dict
+        res = set_peft_model_state_dict(model, sd)
+        bad = [k for k in res.unexpected_keys if "lora_" in k]
+    else:
+        res = model.load_state_dict(sd, strict=False)
+        params = dict(model.named_parameters(remove_duplicate=False))
+        loaded = {params[n].data_ptr() for n in sd if n in params}
+        bad = res.unexpected_keys + [k for k in res.missing_keys if k not in params or params[k].data_ptr() not in loaded]  # tied weights share storage
+    if bad: raise SmallselError(f"{ck}: its weights do not fit this model ({', '.join(bad[:3])}); start over (resume=False, or --fresh)")
+
+def _train_or_read_back(trainer, last:str|None, total:int):
+    "Train (resuming from `last`), or, when `last` is the run's final step, read the finished run back without adding a step."
+    if last is not None and int(last.rsplit("-", 1)[-1]) >= total: _read_back_finished(trainer, last)
+    else: trainer.train(resume_from_checkpoint=last)
+
 def _sft_config(trl, # the trl module
                 s:dict, # the run's settings (as `train_trl` fingerprints them)
                 total:int, every:int, # optimizer steps, steps between evaluations
@@ -293,7 +327,7 @@ def train_trl(model, # pretrained causal LM (`load_lm`), fp32 weights; trained i
     cb = EvalCallback(model, tokenizer, ev, every, exact_every, eval_start, history, matmul_params(model), log)
     trainer = _sft_trainer(trl, model, tokenizer, args, data, peft_cfg, cb)
     t0 = time.time()
-    trainer.train(resume_from_checkpoint=last)
+    _train_or_read_back(trainer, last, total)
     if tmp: shutil.rmtree(tmp, ignore_errors=True)
     if out: _save_trained(trainer, tokenizer, out)
     model.eval()

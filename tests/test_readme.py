@@ -64,7 +64,7 @@ def test_readme_shell(tmp_path, monkeypatch):
     assert ran == ["score", "select", "select", "finetune"]
     assert Path("scores.parquet").exists() and Path("kept.jsonl").exists() and Path("report.json").exists()
     assert len(load_rows("task.jsonl")) == 4  # 10 % of the 40 pairs
-    assert (Path("ft")/"config.json").exists()
+    assert (Path("ft-gpt2")/"config.json").exists()
 
 @pytest.mark.slow
 def test_readme_python(tmp_path, monkeypatch):

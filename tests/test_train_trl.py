@@ -73,6 +73,22 @@ def test_cli_finetune_lora_saves_a_peft_adapter(tmp_path):
 
 @pytest.mark.slow
 @needs_trl
+def test_finetune_again_after_a_finished_lora_run_adds_no_step(tmp_path):
+    "A finished TRL run started again is read back from its last checkpoint: no step is added and the saved adapter stays the same (TRL's own resume would train one more step each time)."
+    from safetensors.torch import load_file
+    save_rows(make_noisy_instructions(32, seed=0), tmp_path/"t.jsonl")
+    kw = dict(out=str(tmp_path/"ft"), model="tiny-llama", lora=4, template="none", max_steps=3, batch_size=8, device="cpu")
+    first = cli_finetune(str(tmp_path/"t.jsonl"), **kw)
+    adapter = load_file(tmp_path/"ft"/"adapter_model.safetensors")
+    again = cli_finetune(str(tmp_path/"t.jsonl"), **kw)
+    assert again.resumed_from == 3 and again.history == first.history and again.tokens == first.tokens
+    assert sorted(p.name for p in (tmp_path/"ft"/"checkpoint").glob("checkpoint-*"))[-1] == "checkpoint-3"
+    assert json.loads((tmp_path/"ft"/"history.json").read_text())["history"] == first.history
+    after = load_file(tmp_path/"ft"/"adapter_model.safetensors")
+    assert set(after) == set(adapter) and any("lora_A" in k for k in adapter)
+    for k in adapter: torch.testing.assert_close(after[k], adapter[k], msg=k)
+
+@needs_trl
 def test_compare_yaml_with_a_lora_backend(tmp_path):
     cfg = tmp_path/"grid.yaml"
     cfg.write_text("""
