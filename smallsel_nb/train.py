@@ -184,8 +184,10 @@ class TrainResult:
         f = self.final
         em = f", exact match {f['exact_match']:.1%}" if f.get("exact_match") is not None else ""
         loss = f", eval loss {f['eval_loss']:.4f}" if f.get("eval_loss") is not None else ""
+        back = "" if not self.resumed_from else (f"; resumed from step {self.resumed_from}" if self.resumed_from < self.steps
+                                                 else "; the run had finished: read back from its last checkpoint")
         return (f"trained {self.steps} steps on {self.rows:,} rows ({self.tokens:,} tokens, {self.flops:.3g} FLOPs, "
-                f"{self.seconds:.1f} s){loss}{em}" + "".join(f"\n{n}" for n in self.notes))
+                f"{self.seconds:.1f} s){loss}{em}{back}" + "".join(f"\n{n}" for n in self.notes))
     def _repr_html_(self):
         return "<p>" + self.summary().replace("\n", "<br>") + "</p>" + self.frame().to_html(index=False, float_format="{:.4g}".format)
     def __repr__(self): return f"TrainResult({self.summary()!r})"
