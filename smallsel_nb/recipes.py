@@ -199,7 +199,7 @@ def cli_select(scores:str, # scored rows: a .parquet or .jsonl file as written b
                keep:float=None, # fraction of the rows to keep, in (0, 1]
                keep_n:int=None, # number of rows to keep (instead of --keep)
                by:str=None, # score column the strategy ranks by (ifd, cond_loss, ...)
-               strategy:str="top", # with --by: top, bottom, band, threshold, cluster (highest --by first in each cluster), kcenter or random; with --target: dsir, rds+ or less-lite
+               strategy:str=None, # with --by: top (the default), bottom, band, threshold, cluster (highest --by first in each cluster), kcenter or random; with --target: dsir, rds+ or less-lite
                recipe:str=None, # a named recipe (default, heuristics, cherry, random); with only --keep / --keep-n: default
                band:str=None, # for --strategy band: low, middle (the default) or high
                min_score:float=None, # for --strategy threshold: drop rows below this
@@ -221,10 +221,11 @@ def cli_select(scores:str, # scored rows: a .parquet or .jsonl file as written b
     if format not in EXPORT_FORMATS: raise SmallselError(f"format={format!r}: choose one of {', '.join(EXPORT_FORMATS)}")
     if out is not None: check_rows_out(out)  # before any work: a bad path fails at once
     if report is not None: check_output(report, (".json",), "--report")
-    auto = recipe is None and by is None and strategy == "top"
+    auto = recipe is None and by is None and strategy is None
     if auto: recipe = "default"
     if recipe is not None and recipe not in RECIPES: raise SmallselError(f"recipe {recipe!r} unknown; recipes: {', '.join(RECIPES)}")
-    if recipe is not None and not auto and strategy != "top": raise SmallselError(f"--recipe {recipe} and --strategy {strategy} both choose the rule: give one")
+    if recipe is not None and not auto and strategy is not None: raise SmallselError(f"--recipe {recipe} and --strategy {strategy} both choose the rule: give one")
+    if recipe is None: strategy = strategy or "top"
     what = "the default recipe" if auto else f"--recipe {recipe}" if recipe else f"--strategy {strategy}"
     unread_options(None if recipe else strategy, what, band=band, min_score=min_score, max_score=max_score, emb=emb, clusters=clusters)
     if emb is not None and str(emb).endswith(".npy"): emb = _load_npy(emb, "--emb")

@@ -371,3 +371,4 @@ def test_cli_bad_input(df, tmp_path):
     with pytest.raises(SmallselError, match="no such file"): cli_select(str(tmp_path/"missing.jsonl"))
     with pytest.raises(SmallselError, match="recipe 'best' unknown"): cli_select(str(src), keep=0.5, recipe="best")
     with pytest.raises(SmallselError, match="needs --emb"): cli_select(str(src), keep=0.5, strategy="kcenter")
+    with pytest.raises(SmallselError, match="--strategy top needs --by"): cli_select(str(src), keep=0.5, strategy="top")  # named, not silently the default recipe
