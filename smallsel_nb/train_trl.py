@@ -209,9 +209,8 @@ def _resume_point(ck:Path|None, # checkpoint folder (None: no checkpoints)
     return last, json.loads(saved.read_text()) if saved and saved.exists() else []
 
 def _state_dict_of(ck:Path)->dict:
-    "The weights a TRL checkpoint holds: the LoRA adapter, or the whole model (one file or shards)."
+    "The whole model's weights in a TRL checkpoint (one file or shards)."
     from safetensors.torch import load_file
-    if (ck/"adapter_model.safetensors").exists(): return load_file(ck/"adapter_model.safetensors")
     if (ck/"model.safetensors").exists(): return load_file(ck/"model.safetensors")
     index = ck/"model.safetensors.index.json"
     if not index.exists(): raise SmallselError(f"{ck}: the run's last checkpoint holds no safetensors weights (a DeepSpeed or FSDP checkpoint?); "
@@ -225,12 +224,13 @@ def _read_back_finished(trainer, # the run's `SFTTrainer` (its model wrapped as 
     from transformers import TrainerState
     ck, model = Path(last), trainer.model
     trainer.state = TrainerState.load_from_json(str(ck/"trainer_state.json"))
-    sd = _state_dict_of(ck)
-    if (ck/"adapter_model.safetensors").exists():
+    if (ck/"adapter_model.safetensors").exists():  # LoRA: the adapter alone
         from peft import set_peft_model_state_dict
-        res = set_peft_model_state_dict(model, sd)
+        from safetensors.torch import load_file
+        res = set_peft_model_state_dict(model, load_file(ck/"adapter_model.safetensors"))
         bad = [k for k in res.unexpected_keys if "lora_" in k]
     else:
+        sd = _state_dict_of(ck)
         res = model.load_state_dict(sd, strict=False)
         params = dict(model.named_parameters(remove_duplicate=False))
         loaded = {params[n].data_ptr() for n in sd if n in params}

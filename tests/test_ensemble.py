@@ -158,7 +158,6 @@ def test_cli_files(tmp_path):
     assert "rank agreement with the reference" in buf.getvalue() and (tmp_path / "h.png").stat().st_size > 0
 
 
-
 def test_cli_heatmap_without_matplotlib_fails_before_writing(tmp_path):
     "--heatmap without matplotlib: one error naming the extra, before the output file is written."
     from unittest.mock import patch
@@ -166,6 +165,7 @@ def test_cli_heatmap_without_matplotlib_fails_before_writing(tmp_path):
     with patch.dict("sys.modules", {"matplotlib.figure": None}), pytest.raises(SmallselError, match=r'smallsel_nb\[notebooks\]'):
         cli_ensemble(files, out=str(tmp_path / "e.jsonl"), heatmap=str(tmp_path / "h.png"))
     assert not (tmp_path / "e.jsonl").exists() and not (tmp_path / "h.png").exists()
+
 
 @pytest.mark.parametrize("kw, match", [
     (dict(n=1), "at least 2 scored files"),

@@ -71,7 +71,6 @@ def test_cli_finetune_lora_saves_a_peft_adapter(tmp_path):
     assert h["backend"] == "trl" and h["steps"] == 2 and r.history[-1]["lr"] <= 2e-4
     assert (tmp_path/"ft"/"adapter_model.safetensors").exists() and (tmp_path/"ft"/"checkpoint"/"checkpoint-2").is_dir()
 
-@pytest.mark.slow
 @needs_trl
 def test_finetune_again_after_a_finished_lora_run_adds_no_step(tmp_path):
     "A finished TRL run started again is read back from its last checkpoint: no step is added and the saved adapter stays the same (TRL's own resume would train one more step each time)."
@@ -88,6 +87,7 @@ def test_finetune_again_after_a_finished_lora_run_adds_no_step(tmp_path):
     assert set(after) == set(adapter) and any("lora_A" in k for k in adapter)
     for k in adapter: torch.testing.assert_close(after[k], adapter[k], msg=k)
 
+@pytest.mark.slow
 @needs_trl
 def test_compare_yaml_with_a_lora_backend(tmp_path):
     cfg = tmp_path/"grid.yaml"
