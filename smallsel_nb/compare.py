@@ -126,6 +126,14 @@ def fmt_ci(m:float, h:float, digits:int=3, pct:bool=False)->str:
 # %% ../nbs/07_compare.ipynb #56bbcc06
 def _fmt_flops(f:float)->str: return f"{f:.3g}"
 
+def _finite_or_null(o):
+    "`o` (dicts, lists, numpy scalars) as plain JSON values, NaN and infinities as None."
+    if isinstance(o, dict): return {k: _finite_or_null(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)): return [_finite_or_null(v) for v in o]
+    if hasattr(o, "item"): o = o.item()
+    if isinstance(o, float): return o if math.isfinite(o) else None
+    return o if o is None or isinstance(o, (str, int, bool)) else str(o)
+
 @dataclass
 class CompareResult:
     "Runs of a comparison (arm × seed) with their histories; tables, plots and a verdict computed from them."
@@ -282,7 +290,7 @@ class CompareResult:
         d = dict(runs=self.runs.to_dict("records"), stats=self.stats().to_dict("records"), verdict=self.verdict(),
                  cost=dict(flops=self.cost.flops, seconds=self.cost.seconds, parts=self.cost.parts), notes=self.notes,
                  histories=[dict(arm=k[0], seed=k[1], history=h) for k, h in self.histories.items()])
-        s = json.dumps(d, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+        s = json.dumps(_finite_or_null(d), indent=1, allow_nan=False)  # strict JSON: a missing value (one seed's CI) is null, not NaN
         if path is not None:
             with atomic_write(path) as tmp: tmp.write_text(s)
         return s
@@ -298,7 +306,9 @@ class CompareResult:
         miss = [k for k in ("runs", "cost", "histories") if not isinstance(d, dict) or k not in d]
         if miss: raise SmallselError(f"{p}: not a comparison's results file (missing {', '.join(miss)})")
         hist = {(h["arm"], h["seed"]): h["history"] for h in d["histories"]}
-        return cls(pd.DataFrame(d["runs"]), hist, Cost(**d["cost"]), list(d.get("notes", [])))
+        runs = pd.DataFrame(d["runs"])
+        runs[runs.columns[runs.isna().all()]] = np.nan  # a column saved as all null reads back as numbers, as it was
+        return cls(runs, hist, Cost(**d["cost"]), list(d.get("notes", [])))
 
 _RUN_COLUMNS = {"label", "arm", "budget", "seed", "charged", "rows", "tokens", "train_flops", "selection_flops", "total_flops",
                 "seconds", "selection_seconds"}
