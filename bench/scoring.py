@@ -3,7 +3,9 @@
 CPU (default):  python bench/scoring.py --rows 300 --model smollm2-135m        (real model, real ShareGPT pairs)
                 python bench/scoring.py --rows 300 --model tiny --data synth   (tiny from-scratch model)
 End to end:     python bench/scoring.py --end-to-end --rows 300 (two processes timed from start to exit, model load included:
-                `smallsel score` against bench/per_row_script.py, a per-row script shaped like the public IFD scripts)
+                `smallsel score` against bench/per_row_script.py, a per-row script shaped like the public IFD scripts;
+                then the floor: the most this machine allows, from the engine's matmul FLOPs at the bare-matmul peak
+                measured at the model's shapes, plus process start and model load)
 GPU:            python bench/scoring.py --gpu                                  (GPT-2-124M and a ~1B Llama, random init, built on the GPU in bf16)
 
 Prints rows/s, tokens/s, the speed ratio, and the Spearman correlation of `ifd` between the two implementations;
@@ -76,12 +78,58 @@ def end_to_end(a):
                "--dtype", a.engine_dtype, "--uncond-view", a.view, "--cache-dir", f"{d}/cache", "--max-length", str(a.max_length)]
         t_eng = run_timed(eng)
         ref, res = pd.read_json(f"{d}/ref.jsonl", lines=True), pd.read_parquet(f"{d}/eng.parquet")
+        load = [sys.executable, "-c", f"from smallsel_nb.models import load_lm; load_lm({a.model!r}, dtype={a.engine_dtype!r}, device='cpu')"]
+        t_load = min(run_timed(load) for _ in range(2))  # process start, imports and model load: the part no kernel speeds up
     rho = {c: spearmanr(ref[c], res[c], nan_policy="omit")[0] for c in ("cond_loss", "uncond_loss", "ifd")}
     print(f"{a.model} on {len(rows)} {a.data} rows, {a.view} view, {torch.get_num_threads()} threads, engine dtype {a.engine_dtype} "
           f"(CPU bf16 support: {cpu_has_bf16()}), per-row fp32; process start and model load included:")
     print(f"  per-row script  {t_ref:7.1f} s  {len(rows) / t_ref:6.2f} rows/s  (1.00x)")
     print(f"  smallsel score  {t_eng:7.1f} s  {len(rows) / t_eng:6.2f} rows/s  ({t_ref / t_eng:.2f}x)  "
           + "  ".join(f"Spearman({c}) {v:.4f}" for c, v in rho.items()))
+    floor(a, rows, t_ref, t_eng, t_load)
+
+def linear_shapes(model):
+    "(in, out) of every distinct weight matrix the forward multiplies by, output head included."
+    return sorted({tuple(m.weight.shape[::-1]) for m in model.modules() if isinstance(m, torch.nn.Linear)})
+
+def cpu_matmul_peak(model, dtype, m=4096, reps=5, tries=3):
+    "Best FLOP/s of a bare `F.linear` at the model's own weight shapes, `m` rows at once (best of `tries`: shared machines are noisy)."
+    best = 0.0
+    for k, n in linear_shapes(model):
+        x, w = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
+        for _ in range(2): torch.nn.functional.linear(x, w)
+        for _ in range(tries):
+            t = time.perf_counter()
+            for _ in range(reps): torch.nn.functional.linear(x, w)
+            best = max(best, 2 * m * k * n * reps / (time.perf_counter() - t))
+    return best
+
+def counted_flops(model, t):
+    """Matmul FLOPs of scoring the tokenized rows `t`: (the engine's: the body on every token but the cached prefixes, the
+    head at scored tokens only, as `useful_flops` counts a finished run; a per-row script's: batch 1, the whole model,
+    head included, on every token of both views)."""
+    from smallsel_nb.scoring import assign_prefix, find_prefixes
+    cond, rs, unc = [np.asarray(c) for c in t["cond_ids"]], np.array(t["resp_start"]), [np.asarray(u) for u in t["uncond_ids"]]
+    pre = find_prefixes(cond, rs); k = assign_prefix(cond, rs, pre)
+    body = sum(map(len, cond)) - sum(len(pre[j]) for j in k if j >= 0) + sum(map(len, unc))
+    scored = int(sum(max(len(c) - s, 0) for c, s in zip(cond, rs)) + sum(max(len(u) - s, 0) for u, s in zip(unc, t["uncond_start"])))
+    head = model.get_output_embeddings().weight.numel()
+    return 2 * (matmul_params(model) - head) * body + 2 * head * scored, 2 * matmul_params(model) * (sum(map(len, cond)) + sum(map(len, unc)))
+
+def floor(a, rows, t_ref, t_eng, t_load):
+    """The most `smallsel score` could gain over the per-row script on this machine: its matmul FLOPs (the body on the
+    tokens it runs, cached prefixes excluded; the head at scored tokens only) at the best bare-matmul speed measured at
+    the model's shapes, plus process start and model load; nothing for attention, softmax or padding."""
+    dt = getattr(torch, "bfloat16" if a.engine_dtype == "auto" and cpu_has_bf16() else "float32" if a.engine_dtype == "auto" else a.engine_dtype)
+    model, tok = load_lm(a.model, dtype=str(dt).split(".")[1], device="cpu")
+    flops, per_row = counted_flops(model, tokenize_for_scoring(rows, tok, max_length=a.max_length, uncond_view=a.view, verbose=False))
+    peak, peak32 = cpu_matmul_peak(model, dt), cpu_matmul_peak(model, torch.float32)
+    best = t_load + flops / peak
+    print(f"  floor on this machine: bare matmul at the model's shapes {peak / 1e9:.0f} GFLOP/s {str(dt)[6:]} ({peak32 / 1e9:.0f} fp32); "
+          f"the engine's matmuls {flops / 1e12:.1f} TFLOP (the per-row script's {per_row / 1e12:.1f}); start + load {t_load:.1f} s")
+    print(f"  smallsel score's scoring ran at {flops / max(t_eng - t_load, 1e-9) / peak:.0%} of that peak, the per-row script at "
+          f"{per_row / max(t_ref - t_load, 1e-9) / peak32:.0%} of the fp32 one; at 100% (no attention, softmax or padding cost) "
+          f"smallsel score would take {best:.1f} s: at most {t_ref / best:.2f}x here")
 
 def gpu_rows(n, vocab, seed=0):
     "Random token rows with log-normal lengths (mean ~240, max 1024); a shared 32-token template header."
