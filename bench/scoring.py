@@ -17,7 +17,7 @@ import argparse, os, subprocess, sys, tempfile, time
 import numpy as np, torch
 from scipy.stats import spearmanr
 from datasets import Dataset
-from smallsel_nb.core import matmul_params, cpu_has_bf16
+from smallsel_nb.core import SmallselError, matmul_params, cpu_has_bf16
 from smallsel_nb.data import load_sharegpt, tokenize_for_scoring
 from smallsel_nb.models import load_lm
 from smallsel_nb.scoring import score_per_row, score_tokenized
@@ -217,4 +217,5 @@ if __name__ == "__main__":
     p.add_argument("--compile", action="store_true", help="torch.compile the body (GPU part)")
     a = p.parse_args()
     os.environ.setdefault("SMALLSEL_PROGRESS", "0")
-    gpu_bench(a) if a.gpu else end_to_end(a) if a.end_to_end else cpu_bench(a)
+    try: gpu_bench(a) if a.gpu else end_to_end(a) if a.end_to_end else cpu_bench(a)
+    except SmallselError as e: print(f"error: {e}", file=sys.stderr); sys.exit(2)  # e.g. a missing data or model package: one line
