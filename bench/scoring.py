@@ -19,6 +19,7 @@ from scipy.stats import spearmanr
 from datasets import Dataset
 from smallsel_nb.core import SmallselError, matmul_params, cpu_has_bf16
 from smallsel_nb.data import load_sharegpt, tokenize_for_scoring
+from smallsel_nb.lm import scoring_dtype
 from smallsel_nb.models import load_lm
 from smallsel_nb.scoring import score_per_row, score_tokenized
 from smallsel_nb.synth import make_noisy_instructions
@@ -113,15 +114,15 @@ def counted_flops(model, t):
     pre = find_prefixes(cond, rs); k = assign_prefix(cond, rs, pre)
     body = sum(map(len, cond)) - sum(len(pre[j]) for j in k if j >= 0) + sum(map(len, unc))
     scored = int(sum(max(len(c) - s, 0) for c, s in zip(cond, rs)) + sum(max(len(u) - s, 0) for u, s in zip(unc, t["uncond_start"])))
-    head = model.get_output_embeddings().weight.numel()
-    return 2 * (matmul_params(model) - head) * body + 2 * head * scored, 2 * matmul_params(model) * (sum(map(len, cond)) + sum(map(len, unc)))
+    engine = useful_flops(model, dict(tokens_computed=body, n_cond=np.array([scored]), n_uncond=np.array([0])))
+    return engine, 2 * matmul_params(model) * (sum(map(len, cond)) + sum(map(len, unc)))
 
 def floor(a, rows, t_ref, t_eng, t_load):
     """The most `smallsel score` could gain over the per-row script on this machine: its matmul FLOPs (the body on the
     tokens it runs, cached prefixes excluded; the head at scored tokens only) at the best bare-matmul speed measured at
     the model's shapes, plus process start and model load; nothing for attention, softmax or padding."""
-    dt = getattr(torch, "bfloat16" if a.engine_dtype == "auto" and cpu_has_bf16() else "float32" if a.engine_dtype == "auto" else a.engine_dtype)
-    model, tok = load_lm(a.model, dtype=str(dt).split(".")[1], device="cpu")
+    dt = scoring_dtype(a.engine_dtype, "cpu")  # what `smallsel score --dtype` picks
+    model, tok = load_lm(a.model, dtype=dt, device="cpu")
     flops, per_row = counted_flops(model, tokenize_for_scoring(rows, tok, max_length=a.max_length, uncond_view=a.view, verbose=False))
     peak, peak32 = cpu_matmul_peak(model, dt), cpu_matmul_peak(model, torch.float32)
     best = t_load + flops / peak
